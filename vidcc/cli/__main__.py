@@ -1,0 +1,5 @@
+import sys
+
+from vidcc.cli import main
+
+sys.exit(main())

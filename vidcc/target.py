@@ -1,0 +1,63 @@
+"""The target interface. Concrete targets live in vidcc.targets (and plugins) and register through
+`vidcc_register_targets`; heavy backends are imported inside their methods, never at import time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Availability:
+    ok: bool
+    reason: str = ""  # why not
+    hint: str = ""  # how to install
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Runner:
+    """Runs a built artifact. `run(feeds)` returns outputs by name as numpy arrays."""
+
+    input_names: list[str] = []
+    output_names: list[str] = []
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+@dataclass
+class Target:
+    """A backend. Subclasses override available(), build() and load(); `default_pipeline` is a spec."""
+
+    name: str
+    description: str = ""
+    default_pipeline: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    # op_type -> allowed domains; None means "every standard ONNX op" (the default)
+    accepted_ops: dict[str, tuple[str, ...]] | None = None
+
+    def available(self) -> Availability:
+        return Availability(True)
+
+    def supports(self, op_type: str, domain: str = "") -> bool:
+        domain = "" if domain == "ai.onnx" else domain
+        if self.accepted_ops is None:
+            return domain == ""
+        if op_type in self.accepted_ops:
+            return domain in self.accepted_ops[op_type]
+        return domain == "" and "*" in self.accepted_ops
+
+    def tool_versions(self) -> dict[str, str]:
+        return {}
+
+    def build(self, model_path: Path, out_dir: Path, ctx) -> dict[str, Any]:
+        """Build from an optimized ONNX file into out_dir; returns manifest entries (files, settings)."""
+        raise NotImplementedError
+
+    def load(self, artifact_dir: Path, manifest: dict[str, Any]) -> Runner:
+        raise NotImplementedError
