@@ -51,17 +51,17 @@ class RemoveIdentity(Pass):
             if node.op_type == "Dropout" and (len(node.outputs) > 1 and node.outputs[1] and graph.is_used(node.outputs[1])):
                 continue
             src, out = node.inputs[0], node.outputs[0]
-            if out in graph.outputs and (src in graph.inputs or src in graph.outputs):
-                continue  # an output that is an input or another output needs its Identity
-            if out in graph.outputs and graph.producer(src) is None:
-                continue  # constant straight to an output: keep the node that names it
-            keep_type = graph.type_of(out)
-            graph.replace_all_uses(out, src)
-            if node.id in graph.nx and not any(graph.is_used(o) for o in node.outputs if o):
+            if out in graph.outputs:
+                # keep the output's name: the producer of src writes it directly
+                p = graph.producer_slot(src)
+                if p is None or src in graph.outputs or len(graph.consumers(src)) > 1:
+                    continue
+                graph.remove_node(node, keep_types=True)
+                graph.rename_output(p[0], p[1], out)
+            else:
+                graph.replace_all_uses(out, src)
                 graph.remove_node(node)
-                removed += 1
-            if src not in graph.types and keep_type.dtype and graph.producer(src) is not None:
-                graph.types[src] = keep_type
+            removed += 1
         return PassResult(bool(removed), {"removed": removed})
 
 

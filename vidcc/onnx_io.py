@@ -35,12 +35,14 @@ def load(path: str | os.PathLike, *, infer_types: bool = True) -> Graph:
         raise ModelError(f"'{path}' is not a readable ONNX model (truncated or not protobuf): {exc}") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelError(f"'{path}' holds no ONNX graph")
-    graph = from_proto(model, path.parent, infer_types=infer_types)
+    graph = from_proto(model, path.parent, infer_types=False)
     from vidcc.ir.verify import problems
 
     broken = problems(graph, require_types=False, first_only=True)
     if broken:
         raise ModelError(f"'{path.name}': {broken[0]}")
+    if infer_types:
+        infer_missing_types(graph)
     return graph
 
 

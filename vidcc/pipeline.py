@@ -74,9 +74,9 @@ def parse_spec(spec: str) -> list[PassSpec]:
         if i >= n:
             break
         start = i
-        while i < n and spec[i] not in ",{}[]=\"'":
+        while i < n and spec[i] not in ",{}[]=\"'" and not spec[i].isspace():
             i += 1
-        name = spec[start:i].strip()
+        name = spec[start:i]
         if not name:
             fail("expected a pass name")
         options: dict[str, Any] = {}

@@ -92,6 +92,8 @@ def registry() -> Registry:
                                 ("vidcc_register_pipelines", "pipelines"), ("vidcc_register_commands", "commands")):
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 plugin = impl.plugin_name
+                if os.environ.get("VIDCC_TRACE_PLUGINS"):
+                    sys.stderr.write(f"vidcc: {hook_name} [plugin {plugin}]\n")
                 try:
                     impl.function(register=_registrar(reg, kind, plugin))
                 except PluginError:
