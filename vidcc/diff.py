@@ -13,7 +13,7 @@ graph input -- so renamed tensors do not count as changes, a re-wired input does
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -155,7 +155,7 @@ class State:
 @dataclass
 class Matching:
     mapping: dict[int, int] = field(default_factory=dict)  # a key -> b key
-    how: Counter = field(default_factory=Counter)  # "name" / "output" / "structure" -> count
+    how: Counter = field(default_factory=Counter)  # "name" / "output" / "structure" / "neighbours" -> count
 
     def add(self, a_key: int, b_key: int, how: str) -> None:
         self.mapping[a_key] = b_key
@@ -168,7 +168,8 @@ def _attrs_sig(node: Node) -> Hashable:
 
 def match_nodes(a: State, b: State) -> Matching:
     """Which node of `a` is which node of `b`: by unique node name, then by output tensor name with the
-    same op, then by structure (op, attributes and inputs' sources, anchored on the nodes already matched)."""
+    same op, then by structure (op, attributes and inputs' sources, anchored on the nodes already matched),
+    then by position next to matched nodes."""
     m = Matching()
     a_names = Counter(n.name for n in a.nodes.values() if n.name)
     b_names = Counter(n.name for n in b.nodes.values() if n.name)
@@ -203,7 +204,48 @@ def match_nodes(a: State, b: State) -> Matching:
         candidates = pool.get(b_hash[k])
         if candidates:
             m.add(candidates.pop(0), k, "structure")
+    _match_neighbours(a, b, m)
     return m
+
+
+def _match_neighbours(a: State, b: State, m: Matching) -> None:
+    """Last resort for nodes that changed *and* lost their names: next to a matched pair, the producer
+    at the same input slot, or the only consumer with the same op at the same slot, is the same node."""
+    inverse = {bk: ak for ak, bk in m.mapping.items()}
+    queue = deque(m.mapping.items())
+
+    def pair(ak: int, bk: int) -> None:
+        if ak not in m.mapping and bk not in inverse and op_label(a.nodes[ak]) == op_label(b.nodes[bk]):
+            m.add(ak, bk, "neighbours")
+            inverse[bk] = ak
+            queue.append((ak, bk))
+
+    while queue:
+        ak, bk = queue.popleft()
+        na, nb = a.nodes[ak], b.nodes[bk]
+        for x, y in zip(na.inputs, nb.inputs):
+            pa, pb = (a.producer(x) if x else None), (b.producer(y) if y else None)
+            if pa is not None and pb is not None and pa[1] == pb[1]:
+                pair(pa[0], pb[0])
+        for x, y in zip(na.outputs, nb.outputs):
+            if not (x and y):
+                continue
+            ua = _uses_by_op(a, x, m.mapping)
+            ub = _uses_by_op(b, y, inverse)
+            for use, keys in ua.items():
+                if len(keys) == 1 and len(ub.get(use, ())) == 1:
+                    pair(keys[0], ub[use][0])
+
+
+def _uses_by_op(s: State, tensor: str, matched: dict[int, int]) -> dict[tuple[str, int], list[int]]:
+    uses: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for k in s.consumers(tensor):
+        if k not in matched:
+            node = s.nodes[k]
+            for slot, name in enumerate(node.inputs):
+                if name == tensor:
+                    uses[(op_label(node), slot)].append(k)
+    return uses
 
 
 def _structural_hashes(s: State, anchor: Callable[[int], Hashable | None]) -> dict[int, Hashable]:
@@ -415,3 +457,40 @@ def _link(state: State, side: dict[str, Any]) -> None:
             if p is not None and p[0] in shown and p[0] != k:
                 edges.append([p[0], k, i])
     side["edges"] = sorted(edges, key=lambda e: (e[0], e[1], e[2]))
+
+
+# ---- two files -----------------------------------------------------------------------------------
+
+def diff_graphs(ga: Graph, gb: Graph, *, a_name: str = "A", b_name: str = "B") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The `vidcc.explain/1` diff report of two graphs (kind "diff") and its node table (for the HTML)."""
+    from vidcc import __version__, stats
+    from vidcc.explain import SCHEMA
+
+    a, b = State(ga, const_sig=value_hash), State(gb, const_sig=value_hash)
+    m = match_nodes(a, b)
+    changes = compare(a, b, m.mapping, same_ir=False)
+    status = {k: "added" for k in b.nodes if k not in set(m.mapping.values())}
+    status.update({r["id"]: "rewritten" for r in changes["rewritten"]})
+    rows = [{**node_ref(k, n), "status": status.get(k, "unchanged"), "by": []} for k, n in b.nodes.items()]
+    rows += [{**r, "status": "removed", "by": []} for r in changes["removed"]]
+    sa, sb = stats.summarize(ga), stats.summarize(gb)
+    for s in (sa, sb):
+        s["macs_at"] = None
+    report = {
+        "schema": SCHEMA,
+        "kind": "diff",
+        "vidcc": __version__,
+        "a": {"path": a_name, "summary": sa},
+        "b": {"path": b_name, "summary": sb},
+        "match": {"name": m.how["name"], "output": m.how["output"], "structure": m.how["structure"],
+                  "neighbours": m.how["neighbours"],
+                  "unmatched_a": len(a.nodes) - len(m.mapping), "unmatched_b": len(b.nodes) - len(m.mapping)},
+        "changes": changes,
+    }
+    return report, rows
+
+
+def diff_files(path_a: str, path_b: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from vidcc import onnx_io
+
+    return diff_graphs(onnx_io.load(path_a), onnx_io.load(path_b), a_name=str(path_a), b_name=str(path_b))
