@@ -41,9 +41,42 @@ def load(path: str | os.PathLike, *, infer_types: bool = True) -> Graph:
     broken = problems(graph, require_types=False, first_only=True)
     if broken:
         raise ModelError(f"'{path.name}': {broken[0]}")
+    check_model(to_proto(graph, weights=False), path.name)  # re-emitted: sorted, weights left out
     if infer_types:
         infer_missing_types(graph)
     return graph
+
+
+# Domains some runtime vidcc targets can execute, besides those a model defines as local functions.
+KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft", "com.microsoft.nchwc",
+                 "com.microsoft.experimental", "org.pytorch.aten", "trt", "trt.plugins"}
+
+
+def check_model(model: onnx.ModelProto, what: str = "model") -> None:
+    """Reject what no target could run: unknown ops, undeclared or unknown domains, too-new opsets."""
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version > newest:
+            raise ModelError(f"'{what}': default-domain opset {o.version} is newer than this onnx supports ({newest})")
+    known = KNOWN_DOMAINS | {f.domain for f in model.functions}
+    for node in _all_nodes(model.graph):
+        if node.domain not in known:
+            label = node.name or node.op_type
+            raise ModelError(f"'{what}': node {label} ({node.op_type}) uses unknown domain '{node.domain}'")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        context = next((ln.split("Context:", 1)[1].strip() for ln in lines if "Context:" in ln), "")
+        raise ModelError(f"'{what}': {lines[0]}" + (f" ({context})" if context else "")) from None
+
+
+def _all_nodes(g: onnx.GraphProto):
+    for node in g.node:
+        yield node
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _all_nodes(sub)
 
 
 def from_proto(model: onnx.ModelProto, base_dir: str | os.PathLike = ".", *, infer_types: bool = True) -> Graph:

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 def write_plugin_dist(root: Path, dist: str, entry: str, module: str, source: str) -> None:
     """A minimal installed distribution (dist-info + module) on a path entry: what pip would leave."""
     (root / f"{module}.py").write_text(source)
-    info = root / f"{dist}-1.0.dist-info"
+    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"  # pip normalises: a dash would end the name
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(f"[vidcc]\n{entry} = {module}\n")

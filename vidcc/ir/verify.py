@@ -22,12 +22,6 @@ def problems(graph: Graph, *, require_types: bool = True, first_only: bool = Fal
         found.append(msg)
         return first_only
 
-    if not nx.is_directed_acyclic_graph(graph.nx):
-        cycle = nx.find_cycle(graph.nx)
-        names = " -> ".join(graph.node(u).label for u, *_ in cycle)
-        if bad(f"node {graph.node(cycle[0][0]).label}: graph has a cycle ({names}) (rule: acyclic)"):
-            return found
-
     sources = set(graph.inputs) | set(graph.constants)
     producers: dict[str, str] = {}
     for node in graph.nodes:
@@ -41,6 +35,12 @@ def problems(graph: Graph, *, require_types: bool = True, first_only: bool = Fal
                 if bad(f"node {node.label}: output '{out}' is also produced by {producers[out]} (rule: one producer per tensor)"):
                     return found
             producers[out] = node.label
+
+    if not nx.is_directed_acyclic_graph(graph.nx):
+        cycle = nx.find_cycle(graph.nx)
+        names = " -> ".join(graph.node(u).label for u, *_ in cycle)
+        if bad(f"node {graph.node(cycle[0][0]).label}: graph has a cycle ({names}) (rule: acyclic)"):
+            return found
 
     known = sources | set(producers)
     for node in graph.nodes:
