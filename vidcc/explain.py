@@ -16,11 +16,11 @@ import numpy as np
 
 from vidcc import __version__
 from vidcc.diff import State, compare, node_ref
+from vidcc.events import kind_of
 from vidcc.ir import Graph, TensorType
 from vidcc.pass_manager import Instrument, PassContext
 
 SCHEMA = "vidcc.explain/1"
-KNOWN_KINDS = ("fused", "refused", "removed", "pruned", "routed", "precision")
 
 
 class ExplainRecorder(Instrument):
@@ -86,8 +86,7 @@ class ExplainRecorder(Instrument):
                 "error": rec.error if rec else None,
                 "stats": jsonable(rec.stats) if rec else {},
                 "details": details,
-                "events": dict(sorted(Counter(str(d.get("kind", "other")) if isinstance(d, dict) else "other"
-                                              for d in details).items())),
+                "events": dict(sorted(Counter(kind_of(d) for d in details).items())),
                 "changes": entry["changes"],
             })
         return out
