@@ -14,8 +14,8 @@ import onnx.defs
 
 from vidcc.ir import Graph, Node
 
-# Ops whose newer versions (up to opset 23) keep the old semantics: added types, optional inputs or
-# attributes with backward-compatible defaults.
+# Ops whose newer versions keep the old semantics: added types, optional inputs or
+# attributes with backward-compatible defaults (checked against onnx 1.23 schemas up to opset 24).
 _COMPATIBLE = {
     "Split", "Pad", "ScatterElements", "ScatterND", "LpPool", "OptionalGetElement", "OptionalHasElement",
     "AveragePool", "Cast", "CastLike", "Constant", "ConstantOfShape", "DequantizeLinear", "QuantizeLinear",
@@ -26,8 +26,9 @@ _COMPATIBLE = {
     "HardSigmoid", "HardSwish", "InstanceNormalization", "LSTM", "LpNormalization", "MaxPool", "MaxRoiPool",
     "MaxUnpool", "Mish", "Multinomial", "NegativeLogLikelihoodLoss", "RNN", "RandomNormal",
     "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Round", "Selu", "Sin", "Sinh", "Softplus",
-    "Softsign", "Tan", "ThresholdedRelu", "Resize", "GroupNormalization",
+    "Softsign", "Tan", "ThresholdedRelu", "Resize", "GroupNormalization", "TopK", "SplitToSequence", "Attention",
 }
+MAX_KNOWN = 24
 # axes moved from attribute to input at opset 18 (ReduceSum did so at 13)
 _AXES_TO_INPUT = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
                   "ReduceMin", "ReduceProd", "ReduceSumSquare"}
@@ -45,6 +46,8 @@ def blocker(graph: Graph, version: int) -> str | None:
     old = graph.opsets.get("", graph.opsets.get("ai.onnx", 1))
     if version <= old:
         return None
+    if version > MAX_KNOWN:
+        return f"vidcc knows the op changes only up to opset {MAX_KNOWN}"
     for node in graph.nodes:
         if node.domain not in ("", "ai.onnx"):
             continue

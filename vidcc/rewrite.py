@@ -313,14 +313,38 @@ def _escapes(graph: Graph, m: Match, root: Node) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Keep:
+    """Returned by a rewrite that matched but leaves the graph as it is (already the best form for
+    the target); counted as done, reported as "kept" with the reason."""
+
+    reason: str
+
+
 @dataclass
 class Outcome:
     fused: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
     candidates: dict[str, int] = field(default_factory=dict)
     details: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def modified(self) -> bool:
+        return any(self.fused.values())
+
     def stats(self) -> dict[str, Any]:
-        return {k: f"{self.fused.get(k, 0)}/{n}" for k, n in self.candidates.items()}
+        """{"GroupNorm": "37/37"}: done (fused or kept) / candidates; "GroupNorm kept": n if any."""
+        out: dict[str, Any] = {}
+        for k, n in self.candidates.items():
+            out[k] = f"{self.fused.get(k, 0) + self.kept.get(k, 0)}/{n}"
+            if self.kept.get(k):
+                out[f"{k} kept"] = self.kept[k]
+        return out
+
+    def result(self):
+        from vidcc.pass_manager import PassResult
+
+        return PassResult(self.modified, self.stats(), self.details)
 
 
 def try_rule_group(graph: Graph, rules: list[Rule], anchor: Node, ctx) -> tuple[str, Any]:
@@ -377,6 +401,11 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], ctx, outcome: Outcome | Non
                 continue
             rule, m, root = info
             new_outputs = rule.rewrite(m, graph, ctx)
+            if isinstance(new_outputs, Keep):
+                outcome.kept[name] = outcome.kept.get(name, 0) + 1
+                outcome.details.append({"kind": "kept", "pattern": name, "node": anchor.name or anchor.outputs[0],
+                                        "reason": new_outputs.reason})
+                continue
             if new_outputs is None:  # the rewrite itself declined (it should have said so in check)
                 outcome.details.append({"kind": "refused", "pattern": name, "node": anchor.name or anchor.outputs[0],
                                         "reason": "rewrite declined"})

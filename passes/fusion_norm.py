@@ -1,0 +1,422 @@
+"""Normalization fusions: GroupNorm, LayerNorm, RMSNorm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from onnx import TensorProto
+
+from vidcc.ir import Graph, TensorType
+from vidcc.pass_manager import Pass, PassContext, PassResult
+from vidcc.rewrite import Const, Keep, Match, P, Rule, Var, apply_rules, emit
+
+from ._fusion import (OpsetGate, accepts, is_ort, per_axis, preference, rank_of, reduce_axes, reshape_target, same_dims,
+                      scalar, static)
+
+
+# ---- the normalization core, in the forms exporters write -----------------------------------------
+def _moments(x: Var, axes_name: str):
+    """(x - mean(x)) / sqrt(var(x) + eps) with its variants: Pow(d, 2) or Mul(d, d); Div by the
+    Sqrt or Mul by its Reciprocal. Yields (pattern of the normalized tensor, form)."""
+    for square in ("pow", "mul"):
+        for divide in ("div", "recip"):
+            mean = P("ReduceMean", x, name="mean")
+            d = P("Sub", x, mean, name="centered")
+            sq = P("Pow", d, Const("two", value=2.0), name="square") if square == "pow" else P("Mul", d, d, name="square")
+            var = P("ReduceMean", sq, name="var")
+            std = P("Sqrt", P("Add", var, Const("eps"), name="add_eps"), name="std")
+            if divide == "div":
+                yield P("Div", d, std, name="normalized"), f"{square}-div"
+            else:
+                yield P("Mul", d, P("Reciprocal", std, name="rstd"), name="normalized"), f"{square}-recip"
+
+
+def _moments_ok(m: Match, g: Graph, axes: list[int]) -> str | None:
+    """The two ReduceMeans reduce over `axes` (normalized) with keepdims."""
+    rank = rank_of(g, m["x"])
+    for name in ("mean", "var"):
+        node = m.node(name)
+        got = reduce_axes(g, node)
+        if got is None or rank is None:
+            return f"{name} ReduceMean '{node.name}' has unknown axes or rank"
+        if sorted(a % rank for a in got) != axes:
+            return f"{name} ReduceMean '{node.name}' reduces axes {got}, expected {axes}"
+        if not node.attr("keepdims", 1):
+            return f"{name} ReduceMean '{node.name}' drops the reduced axes"
+    if scalar(g, m["eps"]) is None:
+        return "epsilon is not a scalar constant"
+    return None
+
+
+def _affine_tail(core, with_mul: bool, with_add: bool):
+    out = core
+    if with_mul:
+        out = P("Mul", out, Const("gamma"), name="affine_mul")
+    if with_add:
+        out = P("Add", out, Const("beta"), name="affine_add")
+    return out
+
+
+_AFFINES = [(True, True), (True, False), (False, False)]
+
+
+# ---- GroupNorm --------------------------------------------------------------------------------------
+def _groupnorm_rules(emit_fn) -> list[Rule]:
+    rules = []
+    for mul, add in _AFFINES:
+        x = Var("x")
+        r1 = P("Reshape", x, Var("shape1"), name="reshape1")
+        inorm = P("InstanceNormalization", r1, Const("in_scale"), Const("in_bias"), name="inorm")
+        r2 = P("Reshape", inorm, Var("shape2"), name="reshape2")
+        rules.append(Rule("GroupNorm", _affine_tail(r2, mul, add), emit_fn, check=_check_groupnorm,
+                          anchor="inorm", form="instancenorm"))
+    for mul, add in _AFFINES:
+        for core, form in _moments(Var("g"), "axes"):
+            x = Var("x")
+            r1 = P("Reshape", x, Var("shape1"), name="reshape1")
+            core = _rebind(core, "g", r1)
+            r2 = P("Reshape", core, Var("shape2"), name="reshape2")
+            rules.append(Rule("GroupNorm", _affine_tail(r2, mul, add), emit_fn, check=_check_groupnorm,
+                              anchor="var", form=f"reducemean-{form}"))
+    return rules
+
+
+def _rebind(p, var_name: str, replacement):
+    """Replace Var(var_name) leaves of a pattern by another pattern (same object everywhere)."""
+    if isinstance(p, Var) and p.name == var_name:
+        return replacement
+    if isinstance(p, P):
+        p.inputs = tuple(_rebind(i, var_name, replacement) for i in p.inputs)
+    return p
+
+
+def _group_params(m: Match, g: Graph):
+    """(C, G, eps, scale[C], bias[C]) with the group-level affine of InstanceNormalization folded into
+    the channel affine, or a refusal reason (str)."""
+    x = m["x"]
+    xs = g.type_of(x).shape
+    if xs is None or len(xs) < 3 or not isinstance(xs[1], int):
+        return f"input '{x}' needs rank >= 3 with a static channel dim, has {g.type_of(x)}"
+    rank, C = len(xs), xs[1]
+    target = reshape_target(g, m.node("reshape1"))
+    r1_shape = g.type_of(m.node("reshape1").outputs[0]).shape
+    G = None
+    if target is not None and len(target) == 3 and isinstance(target[1], int) and target[1] > 0:
+        G = target[1]
+    elif r1_shape is not None and len(r1_shape) == 3 and isinstance(r1_shape[1], int):
+        G = r1_shape[1]
+    if G is None or C % G:
+        return f"first Reshape does not split {C} channels into groups ([N, G, -1])"
+    if target is not None and (target[0] not in (xs[0], -1) or (target[0] == -1 and target[2] == -1)):
+        return f"first Reshape {target} does not keep the batch dim {xs[0]}"
+    if target is not None and target[2] != -1 and static(xs) and target[2] != C // G * int(np.prod(xs[2:])):
+        return f"first Reshape {target} does not flatten each group"
+    why = _restores(g, m.node("reshape2"), x)
+    if why:
+        return why
+    if "inorm" in m:
+        s_g, b_g = m.const("in_scale").reshape(-1), m.const("in_bias").reshape(-1)
+        if s_g.size != G or b_g.size != G:
+            return f"InstanceNormalization has {s_g.size} scales for {G} groups"
+        eps = float(m.node("inorm").attr("epsilon", 1e-5))
+    else:
+        why = _moments_ok(m, g, [2])
+        if why:
+            return why
+        s_g, b_g = np.ones(G, np.float32), np.zeros(G, np.float32)
+        eps = scalar(g, m["eps"])
+    gamma = per_axis(m.const("gamma"), rank, 1, C) if "gamma" in m else np.ones(C, np.float32)
+    beta = per_axis(m.const("beta"), rank, 1, C) if "beta" in m else np.zeros(C, np.float32)
+    if gamma is None or beta is None:
+        return "the affine Mul/Add is not per channel"
+    per = C // G
+    scale = gamma * np.repeat(s_g, per)
+    bias = gamma * np.repeat(b_g, per) + beta
+    dtype = g.type_of(x).np_dtype
+    return C, G, eps, scale.astype(dtype), bias.astype(dtype)
+
+
+def _restores(g: Graph, reshape, x: str) -> str | None:
+    """The second Reshape gives back x's shape (a constant equal to it, or Shape(x))."""
+    shape_src = g.producer(reshape.inputs[1])
+    if shape_src is not None and shape_src.op_type == "Shape" and shape_src.inputs[0] == x \
+            and not shape_src.attrs:
+        return None
+    xs = g.type_of(x).shape
+    target = reshape_target(g, reshape)
+    if target is None:
+        return "second Reshape's shape is neither constant nor Shape(x)"
+    if xs is None or len(target) != len(xs):
+        return f"second Reshape {target} does not restore the input shape {xs}"
+    unknown = [i for i, (t, d) in enumerate(zip(target, xs)) if t != d]
+    if len(unknown) > 1 or (unknown and target[unknown[0]] != -1):
+        return f"second Reshape {target} does not restore the input shape {list(xs)}"
+    return None
+
+
+def _check_groupnorm(m: Match, g: Graph, ctx) -> str | None:
+    params = _group_params(m, g)
+    return params if isinstance(params, str) else None
+
+
+def _groupnorm_form(ctx, option: str) -> str:
+    if option != "auto":
+        return option
+    pref = preference(ctx, "GroupNorm")
+    if pref:
+        return pref
+    # measured: ORT CPU's GroupNormalization-21 is slower than the InstanceNormalization form
+    if is_ort(ctx) or not accepts(ctx, "GroupNormalization"):
+        return "InstanceNormalization"
+    return "GroupNormalization"
+
+
+@dataclass(frozen=True)
+class FuseGroupNorm(Pass):
+    """Recognise GroupNorm and emit the form the target runs best.
+
+    Rewrite cases (x: [N, C, ...], G groups):
+    - Reshape(x,[N,G,-1]) -> InstanceNormalization -> Reshape(back) [-> Mul(gamma) [-> Add(beta)]]
+      (TorchScript and dynamo exports of torch.nn.GroupNorm);
+    - Reshape -> ReduceMean/Sub/Pow|Mul/ReduceMean/Add(eps)/Sqrt/Div|Reciprocal-Mul -> Reshape
+      [-> Mul -> Add] (hand-written GroupNorm);
+    emitted as GroupNormalization-21 (per-channel scale/bias; the default domain is raised to 21
+    when every op stays valid, else refused with the blocking op), or as the canonical
+    Reshape-InstanceNormalization-Reshape-Mul-Add form for ORT (whose GroupNormalization-21 kernel is
+    slower) - an InstanceNormalization-form match is then kept as it is. The group-level affine of
+    InstanceNormalization is folded into the per-channel scale/bias. Refused: gamma/beta not per
+    channel, reshapes that do not split channels into groups or do not restore the shape.
+    `form`: auto (by target), GroupNormalization, InstanceNormalization.
+    """
+
+    name = "fuse-groupnorm"
+    form: Literal["auto", "GroupNormalization", "InstanceNormalization"] = "auto"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        form = _groupnorm_form(ctx, self.form)
+        gate = OpsetGate(graph)
+
+        def check(m, g, c):
+            why = _check_groupnorm(m, g, c)
+            if why or form != "GroupNormalization":
+                return why
+            if not accepts(c, "GroupNormalization"):
+                return "target does not accept GroupNormalization"
+            block = gate.blocker(21)
+            return f"GroupNormalization needs opset 21: {block}" if block else None
+
+        def rewrite(m: Match, g: Graph, c):
+            C, G, eps, scale, bias = _group_params(m, g)
+            anchor = m.node("inorm") if "inorm" in m else m.node("var")
+            if form == "GroupNormalization":
+                gate.require("", 21)
+                s = g.add_constant(scale, f"{anchor.name or 'groupnorm'}.scale")
+                b = g.add_constant(bias, f"{anchor.name or 'groupnorm'}.bias")
+                node = emit(g, "GroupNormalization", [m["x"], s, b], like=anchor, attrs={"epsilon": eps, "num_groups": G})
+                return [node.outputs[0]]
+            if "inorm" in m and _is_canonical(m, g):
+                return Keep("already Reshape-InstanceNormalization-Reshape-Mul-Add, the fastest form on ORT CPU")
+            return [_emit_instancenorm_form(g, m, anchor, C, G, eps, scale, bias)]
+
+        rules = [Rule(r.name, r.pattern, rewrite, check, r.anchor, r.form) for r in _groupnorm_rules(None)]
+        return apply_rules(graph, rules, ctx).result()
+
+
+def _is_canonical(m: Match, g: Graph) -> bool:
+    s, b = m.const("in_scale"), m.const("in_bias")
+    return bool(np.all(s == 1) and np.all(b == 0) and "gamma" in m and "beta" in m)
+
+
+def _emit_instancenorm_form(g: Graph, m: Match, anchor, C, G, eps, scale, bias) -> str:
+    x = m["x"]
+    xt = g.type_of(x)
+    rank = len(xt.shape)
+    dtype = xt.np_dtype
+    stem = anchor.name or "groupnorm"
+    r1 = emit(g, "Reshape", [x, g.add_constant(np.array([0, G, -1], np.int64), f"{stem}.groups")], like=anchor,
+              suffix="Reshape", types=[TensorType(xt.dtype, (xt.shape[0], G, None))])
+    inorm = emit(g, "InstanceNormalization", [r1.outputs[0], g.add_constant(np.ones(G, dtype), f"{stem}.ones"),
+                                              g.add_constant(np.zeros(G, dtype), f"{stem}.zeros")],
+                 like=anchor, attrs={"epsilon": eps}, types=[g.type_of(r1.outputs[0])])
+    if static(xt.shape):
+        back = g.add_constant(np.array(xt.shape, np.int64), f"{stem}.shape")
+    else:
+        back = emit(g, "Shape", [x], like=anchor, types=[TensorType(TensorProto.INT64, (rank,))]).outputs[0]
+    r2 = emit(g, "Reshape", [inorm.outputs[0], back], like=anchor, suffix="Reshape_back", types=[xt])
+    pshape = (C,) + (1,) * (rank - 2)
+    mul = emit(g, "Mul", [r2.outputs[0], g.add_constant(scale.reshape(pshape), f"{stem}.scale")], like=anchor, types=[xt])
+    add = emit(g, "Add", [mul.outputs[0], g.add_constant(bias.reshape(pshape), f"{stem}.bias")], like=anchor, types=[xt])
+    return add.outputs[0]
+
+
+def _trailing(a: np.ndarray, norm_shape, dtype) -> np.ndarray | None:
+    """A parameter that varies only along the trailing normalized dims, as an array of norm_shape."""
+    k = len(norm_shape)
+    if a.ndim > k:
+        if any(d != 1 for d in a.shape[:a.ndim - k]):
+            return None
+        a = a.reshape(a.shape[a.ndim - k:])
+    try:
+        return np.broadcast_to(a, tuple(norm_shape)).astype(dtype, copy=True)
+    except ValueError:
+        return None
+
+
+# ---- LayerNorm --------------------------------------------------------------------------------------
+def _layernorm_rules(rewrite, check) -> list[Rule]:
+    rules = []
+    for mul, add in _AFFINES:
+        for core, form in _moments(Var("x"), "axes"):
+            rules.append(Rule("LayerNorm", _affine_tail(core, mul, add), rewrite, check, anchor="var", form=form))
+    return rules
+
+
+def _ln_axes(m: Match, g: Graph):
+    rank = rank_of(g, m["x"])
+    axes = reduce_axes(g, m.node("mean"))
+    if rank is None or axes is None:
+        return "unknown rank or axes"
+    axes = sorted(a % rank for a in axes)
+    if axes != list(range(axes[0], rank)):
+        return f"reduces axes {axes}, not a trailing block (LayerNormalization normalizes the last axes)"
+    return axes
+
+
+def _ln_params(m: Match, g: Graph):
+    axes = _ln_axes(m, g)
+    if isinstance(axes, str):
+        return axes
+    why = _moments_ok(m, g, axes)
+    if why:
+        return why
+    shape = g.type_of(m["x"]).shape
+    norm_shape = shape[axes[0]:]
+    if not static(norm_shape):
+        return f"normalized dims {norm_shape} are not static"
+    dtype = g.type_of(m["x"]).np_dtype
+    params = []
+    for name, default in (("gamma", 1.0), ("beta", 0.0)):
+        a = m.const(name) if name in m else np.full(norm_shape, default, dtype)
+        p = _trailing(a, norm_shape, dtype)
+        if p is None:
+            return f"{name} does not broadcast along the normalized dims {list(norm_shape)} only"
+        params.append(p)
+    return axes[0], scalar(g, m["eps"]), params[0], params[1]
+
+
+@dataclass(frozen=True)
+class FuseLayerNorm(Pass):
+    """Fuse decomposed LayerNorm into LayerNormalization-17 (every target runs it).
+
+    Rewrite cases:
+    - ReduceMean(x) -> Sub -> Pow(2)|Mul(d,d) -> ReduceMean -> Add(eps) -> Sqrt -> Div|Reciprocal+Mul
+      [-> Mul(gamma) [-> Add(beta)]] over a trailing block of axes, keepdims, either Reduce opset form;
+    Refused: axes not trailing, gamma/beta varying outside the normalized axes, non-constant eps.
+    """
+
+    name = "fuse-layernorm"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        def check(m, g, c):
+            p = _ln_params(m, g)
+            if isinstance(p, str):
+                return p
+            if not accepts(c, "LayerNormalization"):
+                return "target does not accept LayerNormalization"
+            return None if g.opsets.get("", 1) >= 17 else "LayerNormalization needs opset 17"
+
+        def rewrite(m, g, c):
+            axis, eps, gamma, beta = _ln_params(m, g)
+            stem = m.node("var").name or "layernorm"
+            node = emit(g, "LayerNormalization", [m["x"], g.add_constant(gamma, f"{stem}.gamma"),
+                                                   g.add_constant(beta, f"{stem}.beta")],
+                        like=m.node("var"), attrs={"axis": axis, "epsilon": eps})
+            return [node.outputs[0]]
+
+        return apply_rules(graph, _layernorm_rules(rewrite, check), ctx).result()
+
+
+# ---- RMSNorm ----------------------------------------------------------------------------------------
+def _rmsnorm_rules(rewrite, check) -> list[Rule]:
+    rules = []
+    for with_gamma in (True, False):
+        for square in ("pow", "mul"):
+            for divide in ("div", "recip", "rsqrt-mul"):
+                x = Var("x")
+                sq = P("Pow", x, Const("two", value=2.0), name="square") if square == "pow" else P("Mul", x, x, name="square")
+                ms = P("ReduceMean", sq, name="ms")
+                std = P("Sqrt", P("Add", ms, Const("eps"), name="add_eps"), name="std")
+                if divide == "div":
+                    core = P("Div", x, std, name="normalized")
+                else:
+                    core = P("Mul", x, P(("Reciprocal",), std, name="rstd"), name="normalized")
+                if divide == "rsqrt-mul":  # x * (1 / sqrt(.)) written as Div(1, Sqrt)
+                    core = P("Mul", x, P("Div", Const("one", value=1.0), std, name="rstd"), name="normalized")
+                out = P("Mul", core, Const("gamma"), name="affine_mul") if with_gamma else core
+                rules.append(Rule("RMSNorm", out, rewrite, check, anchor="ms", form=f"{square}-{divide}"))
+    return rules
+
+
+def _rms_params(m: Match, g: Graph):
+    rank = rank_of(g, m["x"])
+    axes = reduce_axes(g, m.node("ms"))
+    if rank is None or axes is None:
+        return "unknown rank or axes"
+    axes = sorted(a % rank for a in axes)
+    if axes != list(range(axes[0], rank)):
+        return f"reduces axes {axes}, not a trailing block"
+    if not m.node("ms").attr("keepdims", 1):
+        return "ReduceMean drops the reduced axes"
+    eps = scalar(g, m["eps"])
+    if eps is None:
+        return "epsilon is not a scalar constant"
+    shape = g.type_of(m["x"]).shape
+    norm_shape = shape[axes[0]:]
+    if not static(norm_shape):
+        return f"normalized dims {norm_shape} are not static"
+    dtype = g.type_of(m["x"]).np_dtype
+    gamma = _trailing(m.const("gamma") if "gamma" in m else np.ones(norm_shape, dtype), norm_shape, dtype)
+    if gamma is None:
+        return f"gamma does not broadcast along the normalized dims {list(norm_shape)} only"
+    return axes[0], eps, gamma
+
+
+@dataclass(frozen=True)
+class FuseRMSNorm(Pass):
+    """Fuse decomposed RMSNorm into RMSNormalization-23.
+
+    Rewrite cases:
+    - x / Sqrt(ReduceMean(x^2) + eps), x * Reciprocal(Sqrt(...)) or x * (1 / Sqrt(...)), with x^2 as
+      Pow(x, 2) or Mul(x, x), over a trailing block of axes, [-> Mul(gamma)];
+    emitted as RMSNormalization-23 when the target accepts it and the default domain can be raised to
+    23 (every existing op stays valid); otherwise refused with the reason.
+    """
+
+    name = "fuse-rmsnorm"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        gate = OpsetGate(graph)
+
+        def check(m, g, c):
+            p = _rms_params(m, g)
+            if isinstance(p, str):
+                return p
+            if not accepts(c, "RMSNormalization"):
+                return "target does not accept RMSNormalization"
+            block = gate.blocker(23)
+            return f"RMSNormalization needs opset 23: {block}" if block else None
+
+        def rewrite(m, g, c):
+            axis, eps, gamma = _rms_params(m, g)
+            gate.require("", 23)
+            stem = m.node("ms").name or "rmsnorm"
+            node = emit(g, "RMSNormalization", [m["x"], g.add_constant(gamma, f"{stem}.gamma")], like=m.node("ms"),
+                        attrs={"axis": axis, "epsilon": eps})
+            return [node.outputs[0]]
+
+        return apply_rules(graph, _rmsnorm_rules(rewrite, check), ctx).result()
+
+
+PASSES = [FuseGroupNorm, FuseLayerNorm, FuseRMSNorm]
