@@ -309,7 +309,8 @@ def compare(a: State, b: State, mapping: dict[int, int] | None = None, *, same_i
     regions, omitted = _regions(a, b, set(removed), set(added), list(zip(rew_a, rew_b)), mapping, inverse)
     return {
         "counts": {"added": len(added), "removed": len(removed), "rewritten": len(rewritten),
-                   "precision": len(precision), "nodes_before": len(a.nodes), "nodes_after": len(b.nodes)},
+                   "precision": len(precision), "types": _type_changes(a, b),
+                   "nodes_before": len(a.nodes), "nodes_after": len(b.nodes)},
         "added": [node_ref(k, b.nodes[k]) for k in added],
         "removed": [node_ref(k, a.nodes[k]) for k in removed],
         "rewritten": rewritten,
@@ -319,6 +320,13 @@ def compare(a: State, b: State, mapping: dict[int, int] | None = None, *, same_i
         "regions": regions,
         "regions_omitted": omitted,
     }
+
+
+def _type_changes(a: State, b: State) -> int:
+    """Tensors (of nodes present on both sides) whose known dtype/shape changed, e.g. by shape inference."""
+    names = {o for n in b.nodes.values() for o in n.outputs if o} | set(b.outputs)
+    return sum(1 for t in names if t in a.types and a.types[t] != b.types.get(t)
+               or t not in a.types and t in b.types and a.producer(t) is not None)
 
 
 def _node_changes(a: State, na: Node, b: State, nb: Node, remap, same_ir: bool) -> tuple[list[str], list[str]]:

@@ -67,6 +67,8 @@ def changes_html(ch: dict[str, Any]) -> str:
                                          f'{escape(fmt(r["to"]) or "unassigned")}' for r in ch["precision"]]),
         _ops(ch["ops_delta"]),
     ]
+    if ch["counts"]["types"]:
+        parts.append(f'<p class="dim">tensor types inferred or changed: {ch["counts"]["types"]}</p>')
     if any(c[k] for k in ("params", "weight_bytes", "constants", "macs")):
         parts.append(f'<p class="cost">params {signed(c["params"])}, weight bytes {signed(c["weight_bytes"])}, '
                      f'constants {signed(c["constants"])}, MACs {signed(c["macs"])}'
@@ -143,7 +145,7 @@ def render_explain(report: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
                     f'<td>{state}</td><td data-k="nodes_before">{fmt(n.get("nodes_before"))}</td>'
                     f'<td data-k="nodes_after">{fmt(n.get("nodes_after"))}</td><td data-k="added">{fmt(n.get("added"))}</td>'
                     f'<td data-k="removed">{fmt(n.get("removed"))}</td><td data-k="rewritten">{fmt(n.get("rewritten"))}</td>'
-                    f'<td data-k="precision">{fmt(n.get("precision"))}</td>'
+                    f'<td data-k="precision">{fmt(n.get("precision"))}</td><td data-k="types">{fmt(n.get("types"))}</td>'
                     f'<td data-k="params">{signed(cost["params"]) if cost else ""}</td>'
                     f'<td data-k="macs">{signed(cost["macs"]) if cost else ""}</td>'
                     f'<td>{escape(", ".join(f"{k} {v}" for k, v in p["events"].items()))}</td>'
@@ -151,7 +153,7 @@ def render_explain(report: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
     rows.append(f'<tr data-pass="total" class="total"><td></td><td>total</td><td>{s["modified"]}/{s["passes"]} changed</td>'
                 f'<td data-k="nodes_before">{s["nodes_before"]}</td><td data-k="nodes_after">{s["nodes_after"]}</td>'
                 f'<td data-k="added">{s["added"]}</td><td data-k="removed">{s["removed"]}</td>'
-                f'<td data-k="rewritten">{s["rewritten"]}</td><td data-k="precision">{s["precision_changes"]}</td>'
+                f'<td data-k="rewritten">{s["rewritten"]}</td><td data-k="precision">{s["precision_changes"]}</td><td></td>'
                 f'<td data-k="params">{signed(s["params"])}</td><td data-k="macs">{signed(s["macs"])}</td>'
                 f'<td>{escape(", ".join(f"{k} {v}" for k, v in s["events"].items()))}</td>'
                 f'<td>{s["seconds"] * 1e3:.1f}</td></tr>')
@@ -183,7 +185,7 @@ def render_explain(report: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
         f'vidcc {escape(report["vidcc"])}</p>{_controls()}</header>{error}'
         '<section id="summary"><h2>passes</h2><table id="summary-table"><thead><tr><th>#</th><th>pass</th>'
         '<th>result</th><th>nodes before</th><th>nodes after</th><th>added</th><th>removed</th><th>rewritten</th>'
-        '<th>precision</th><th>params &Delta;</th><th>MACs &Delta;</th><th>events</th><th>ms</th></tr></thead>'
+        '<th>precision</th><th>types</th><th>params &Delta;</th><th>MACs &Delta;</th><th>events</th><th>ms</th></tr></thead>'
         f'<tbody>{"".join(rows)}</tbody></table>'
         f'<h2>graph</h2><table id="graph-table"><thead><tr><th></th><th>before</th><th>after</th><th>&Delta;</th>'
         f'</tr></thead><tbody>{graph_rows}</tbody></table><p class="note">{at}</p></section>'
@@ -298,7 +300,7 @@ _JS = r"""
     R.passes.forEach(function (p) {
       var row = '#summary-table tr[data-pass="' + p.index + '"] td[data-k="';
       var n = p.changes ? p.changes.counts : {}, c = p.changes ? p.changes.cost : null;
-      ['nodes_before', 'nodes_after', 'added', 'removed', 'rewritten', 'precision'].forEach(function (k) {
+      ['nodes_before', 'nodes_after', 'added', 'removed', 'rewritten', 'precision', 'types'].forEach(function (k) {
         expect(row + k + '"]', str(n[k]));
       });
       expect(row + 'params"]', c ? signed(c.params) : '');
@@ -348,5 +350,9 @@ _JS = r"""
     });
     count.textContent = String(shown);
   });
+  // deep links: page.html#filter=Conv&prec pre-fills the filter and turns the precision overlay on
+  var hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.has('filter')) { filter.value = hash.get('filter'); filter.dispatchEvent(new Event('input')); }
+  if (hash.has('prec')) { toggle.checked = true; toggle.dispatchEvent(new Event('change')); }
 })();
 """

@@ -63,6 +63,8 @@ def print_changes(changes: dict[str, Any], *, limit: int | None = LIMIT) -> None
     _listing("rewritten", [f"{r['name']} ({r['op']}: {', '.join(r['what'])})" for r in changes["rewritten"]],
              "yellow", limit)
     _listing("precision", [f"{r['name']} {r['from']}->{r['to']}" for r in changes["precision"]], "magenta", limit)
+    if changes["counts"]["types"]:
+        console.print(Text(f"  tensor types inferred or changed: {changes['counts']['types']}", style="dim"))
     if changes["ops_delta"]:
         console.print(Text("  ops: ", style="bold").append(ops_delta_text(changes["ops_delta"], limit=limit or 10**6)))
     c = changes["cost"]
@@ -86,14 +88,15 @@ def print_details(details: list[Any], *, limit: int | None = LIMIT) -> None:
 
 def _counts(n: dict[str, int]) -> str:
     parts = [f"+{n['added']}" if n["added"] else "", f"-{n['removed']}" if n["removed"] else "",
-             f"~{n['rewritten']}" if n["rewritten"] else "", f"p{n['precision']}" if n.get("precision") else ""]
+             f"~{n['rewritten']}" if n["rewritten"] else "", f"p{n['precision']}" if n.get("precision") else "",
+             f"t{n['types']}" if n.get("types") else ""]
     return " ".join(p for p in parts if p)
 
 
 def summary_table(report: dict[str, Any]) -> Table:
     """One row per pass: nodes, +added -removed ~rewritten (p = precision changes), ops, cost, events."""
     table = Table(title=Text(f"explain: {report['model']}  ({report['pipeline'] or 'empty pipeline'})"),
-                  caption="+ added  - removed  ~ rewritten  p precision changed", caption_justify="left")
+                  caption="+ added  - removed  ~ rewritten  p precision changed  t tensor types inferred/changed", caption_justify="left")
     for col, just in (("#", "right"), ("pass", "left"), ("nodes", "right"), ("changes", "left"), ("ops", "left"),
                       ("params", "right"), ("MACs", "right"), ("events", "left"), ("ms", "right")):
         table.add_column(col, justify=just)
@@ -140,7 +143,8 @@ def print_explain(report: dict[str, Any], focus: str | None = None) -> None:
 
 def _changed(ch: dict[str, Any]) -> bool:
     n = ch["counts"]
-    return bool(n["added"] or n["removed"] or n["rewritten"] or n["precision"] or ch["cost"]["params"])
+    return bool(n["added"] or n["removed"] or n["rewritten"] or n["precision"] or n["types"]
+                or any(ch["cost"][k] for k in ("params", "weight_bytes", "constants")))
 
 
 def _print_pass(p: dict[str, Any], limit: int | None) -> None:
