@@ -1,0 +1,91 @@
+"""Activation ranges from an fp32 run: the largest |value| of every float32 tensor.
+
+Exposing every intermediate tensor as a graph output would hold all activations at once (gigabytes
+for a video UNet). Instead each tensor gets an Abs -> ReduceMax(keepdims=0) pair in a probe copy of
+the graph, so ONNX Runtime returns one scalar per tensor and frees the activations as usual.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto as T
+
+from vidcc.ir import Graph, TensorType
+
+
+def float_tensors(graph: Graph) -> list[str]:
+    """Float32 tensors computed at run time: graph inputs and node outputs (not constants)."""
+    names = [n for n in graph.inputs if graph.type_of(n).dtype == T.FLOAT]
+    for node in graph.toposort():
+        names += [o for o in node.outputs if o and graph.type_of(o).dtype == T.FLOAT]
+    return names
+
+
+def _probe(graph: Graph, tensors: list[str]) -> tuple[Graph, dict[str, str]]:
+    g = graph.copy()
+    g.io_meta = {k: v for k, v in graph.io_meta.items() if k in graph.inputs}
+    g.outputs = []
+    out_of: dict[str, str] = {}
+    for i, t in enumerate(tensors):
+        a = g.add_node("Abs", [t], [g.unique_name(f"__amax_abs_{i}")], name=f"__amax_abs_{i}",
+                       types=[g.type_of(t)])
+        r = g.add_node("ReduceMax", [a.outputs[0]], [g.unique_name(f"__amax_{i}")], name=f"__amax_{i}",
+                       attrs={"keepdims": 0}, types=[TensorType(T.FLOAT, ())])
+        g.outputs.append(r.outputs[0])
+        out_of[r.outputs[0]] = t
+    return g, out_of
+
+
+def amax(graph: Graph, feeds: list[dict[str, np.ndarray]], *, threads: int = 2) -> dict[str, float]:
+    """max |x| over all feeds for every float32 tensor of the graph (NaN counts as inf)."""
+    import onnxruntime as ort
+
+    from vidcc import onnx_io
+
+    tensors = float_tensors(graph)
+    if not tensors or not feeds:
+        return {}
+    probe, out_of = _probe(graph, tensors)
+    result = {t: 0.0 for t in tensors}
+    with tempfile.TemporaryDirectory(prefix="vidcc-calib-") as tmp:
+        path = onnx_io.save(probe, Path(tmp) / "probe.onnx")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        wanted = {i.name: i for i in sess.get_inputs()}
+        names = [o.name for o in sess.get_outputs()]
+        for feed in feeds:
+            f = {k: np.asarray(v).astype(_np_type(wanted[k].type)) for k, v in feed.items() if k in wanted}
+            for name, value in zip(names, sess.run(None, f)):
+                v = float(value)
+                v = float("inf") if np.isnan(v) else v
+                t = out_of[name]
+                result[t] = max(result[t], v)
+    return result
+
+
+def _np_type(ort_type: str):
+    return {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+            "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(ort_type, np.float32)
+
+
+def synthetic_feeds(graph: Graph, seed: int = 0) -> list[dict[str, np.ndarray]] | None:
+    """One feed of N(0,1) floats / zero integers when every input has a static shape, else None."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for name in graph.inputs:
+        if name in graph.constants:
+            continue
+        t = graph.type_of(name)
+        if t.shape is None or not all(isinstance(d, int) for d in t.shape) or not t.dtype:
+            return None
+        if t.dtype in (T.FLOAT, T.FLOAT16, T.DOUBLE, T.BFLOAT16):
+            feed[name] = rng.standard_normal(t.shape).astype(np.float32)
+        else:
+            feed[name] = np.zeros(t.shape, dtype=t.np_dtype)
+    return [feed]
