@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,6 +31,17 @@ class Runner:
 
 
 @dataclass
+class BuildContext:
+    """What a build may need besides the optimized model: the sample feeds (static shapes for
+    backends that need them), the pass context (bindings, log), a scratch dir and a status line."""
+
+    feeds: dict[str, np.ndarray] = field(default_factory=dict)
+    pass_ctx: Any = None
+    work_dir: Path | None = None
+    status: Callable[[str], None] = lambda message: None
+
+
+@dataclass
 class Target:
     """A backend. Subclasses override available(), build() and load(); `default_pipeline` is a spec."""
 
@@ -40,6 +51,7 @@ class Target:
     options: dict[str, Any] = field(default_factory=dict)
     # op_type -> allowed domains; None means "every standard ONNX op" (the default)
     accepted_ops: dict[str, tuple[str, ...]] | None = None
+    precision: str = "fp32"  # what it computes in: picks the verification gate (fp32 -> exact)
 
     def available(self) -> Availability:
         return Availability(True)
@@ -55,9 +67,16 @@ class Target:
     def tool_versions(self) -> dict[str, str]:
         return {}
 
-    def build(self, model_path: Path, out_dir: Path, ctx) -> dict[str, Any]:
-        """Build from an optimized ONNX file into out_dir; returns manifest entries (files, settings)."""
+    def build(self, model_path: Path, out_dir: Path, ctx: BuildContext) -> dict[str, Any]:
+        """Build from an optimized ONNX file into out_dir; returns manifest entries: "files" (names
+        relative to out_dir that belong to the artifact) and any JSON-able settings to record."""
         raise NotImplementedError
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any]) -> Runner:
         raise NotImplementedError
+
+    def tune(self, model_path: Path, ctx: BuildContext, budget_s: float) -> dict[str, Any]:
+        """Spend up to budget_s seconds tuning for this model (for later builds); returns a report."""
+        from vidcc.errors import TargetError
+
+        raise TargetError(f"target '{self.name}' has nothing to tune")

@@ -1,0 +1,138 @@
+"""ONNX Runtime targets: `ort` (CPU EP, the reference), `ort-cuda`, `ort-cuda-fp16` (CUDA EP).
+
+A build checks that a session can be created from the optimized model (so an op the EP lacks fails
+at compile time, not at run time) and records the session settings; with the option
+`save_optimized=True` it also writes ORT's own optimized model (`ort_optimized.onnx`, specific to this
+machine's ORT version and CPU). The runner binds inputs and outputs through IOBinding, so on CUDA the
+outputs are only copied back once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidcc.errors import TargetError
+from vidcc.target import Availability, BuildContext, Runner, Target
+
+from ._pipelines import DEFAULT
+
+MS = "com.microsoft"
+
+# com.microsoft ops that ONNX Runtime 1.31's CPU EP really runs (measured by building and running a
+# one-node model of each). Not on CPU: GroupNorm, BiasAdd, BiasSplitGelu, NhwcConv (CUDA only).
+CPU_CONTRIB = ("MultiHeadAttention", "Attention", "FusedMatMul", "FusedConv", "FusedGemm", "BiasGelu", "FastGelu",
+               "Gelu", "QuickGelu", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+               "RotaryEmbedding", "MatMulNBits", "Inverse")
+# and the CUDA EP's own on top of those
+CUDA_CONTRIB = CPU_CONTRIB + ("GroupNorm", "BiasAdd", "BiasSplitGelu", "NhwcConv", "GroupQueryAttention")
+
+
+def _accepted(contrib: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    # "*": every standard ONNX op (GroupNormalization-21, Attention-23, RMSNormalization-23 run on CPU);
+    # SimplifiedLayerNormalization is ORT's own op in the default domain.
+    ops: dict[str, tuple[str, ...]] = {"*": ("",)}
+    for op in contrib:
+        ops[op] = ("", MS) if op in ("Attention", "Gelu") else (MS,)
+    return ops
+
+
+@dataclass
+class OrtTarget(Target):
+    provider: str = "CPUExecutionProvider"
+
+    def available(self) -> Availability:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            return Availability(False, f"onnxruntime is not importable ({exc})", "pip install onnxruntime")
+        if self.provider not in ort.get_available_providers():
+            return Availability(False, f"this onnxruntime has no {self.provider}",
+                                "pip install onnxruntime-gpu (instead of onnxruntime)")
+        if self.provider == "CUDAExecutionProvider":
+            from ._cuda import why_no_gpu
+
+            why = why_no_gpu()
+            if why:
+                return Availability(False, why, "run on a machine with an NVIDIA GPU and driver")
+        return Availability(True)
+
+    def tool_versions(self) -> dict[str, str]:
+        try:
+            import onnxruntime as ort
+
+            return {"onnxruntime": ort.__version__}
+        except ImportError:
+            return {}
+
+    def _settings(self) -> dict[str, Any]:
+        return {"provider": self.provider, "graph_optimization_level": self.options.get("graph_optimization_level", "all"),
+                "intra_op_num_threads": int(self.options.get("intra_op_num_threads", 0))}
+
+    def build(self, model_path: Path, out_dir: Path, ctx: BuildContext) -> dict[str, Any]:
+        converted = False
+        if self.precision == "fp16":
+            from ._fp16 import ensure_fp16
+
+            ctx.status("converting to fp16 (stopgap until the precision passes exist)")
+            converted = ensure_fp16(model_path)
+        settings = self._settings()
+        optimized = out_dir / "ort_optimized.onnx" if self.options.get("save_optimized") else None
+        ctx.status("creating an ONNX Runtime session")
+        _session(model_path, settings, optimized)  # fails here if the EP cannot run the graph
+        return {"settings": settings, "fp16_stopgap": converted,
+                "ort_optimized": optimized.name if optimized else None}
+
+    def load(self, artifact_dir: Path, manifest: dict[str, Any]) -> Runner:
+        settings = manifest.get("build", {}).get("settings") or self._settings()
+        return OrtRunner(_session(Path(artifact_dir) / "model.onnx", settings), settings["provider"])
+
+
+def _session(model_path: Path, settings: dict[str, Any], optimized_path: Path | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[settings["graph_optimization_level"]]
+    if settings.get("intra_op_num_threads"):
+        so.intra_op_num_threads = settings["intra_op_num_threads"]
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    providers = [settings["provider"]] + (["CPUExecutionProvider"] if settings["provider"] != "CPUExecutionProvider" else [])
+    try:
+        return ort.InferenceSession(str(model_path), so, providers=providers)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TargetError(f"ONNX Runtime ({settings['provider']}) cannot load the model: {first}") from None
+
+
+class OrtRunner(Runner):
+    def __init__(self, session, provider: str):
+        self.session = session
+        self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        binding = self.session.io_binding()
+        for name in self.input_names:
+            binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+        for name in self.output_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+
+
+TARGETS = [
+    OrtTarget("ort", "ONNX Runtime CPU (the fp32 reference)", DEFAULT["ort"], accepted_ops=_accepted(CPU_CONTRIB)),
+    OrtTarget("ort-cuda", "ONNX Runtime CUDA EP, fp32", DEFAULT["ort-cuda"], accepted_ops=_accepted(CUDA_CONTRIB),
+              provider="CUDAExecutionProvider"),
+    OrtTarget("ort-cuda-fp16", "ONNX Runtime CUDA EP, fp16 compute", DEFAULT["ort-cuda-fp16"],
+              accepted_ops=_accepted(CUDA_CONTRIB), precision="fp16", provider="CUDAExecutionProvider"),
+]

@@ -1,0 +1,200 @@
+"""`compile`: model -> target default pipeline + user spec -> optimized ONNX -> target build ->
+verification against the ORT fp32 reference of the original graph -> cached Artifact.
+
+Verification feeds: `inputs` if given, else the model's sample inputs (zoo models and `<model>.inputs.npz`
+beside a file), else random feeds from the input types (`verification.random_feeds`: N(0,1) floats,
+zero integers, symbolic dims 1, seed 0). They are stored in the artifact as `inputs.npz` together
+with the outputs that passed verification (`outputs.npz`), so `vidcc run` can reproduce them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from vidcc import artifact as art
+from vidcc import verification as V
+from vidcc.errors import TargetError, VidccError
+
+
+@dataclass
+class CompileResult:
+    artifact: art.Artifact
+    cached: bool
+    verdict: V.Verdict
+    metrics: dict[str, V.OutputMetrics]
+    pass_log: list = field(default_factory=list)  # PassRecords
+    exported_to: Path | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.artifact.manifest
+
+
+class _StatusInstrument:
+    def __init__(self, status):
+        self.status = status
+
+    def before_pass(self, pass_, graph, ctx):
+        self.status(f"pass {pass_.name} ({len(graph)} nodes)")
+
+    def after_pass(self, *args):
+        pass
+
+    def pass_failed(self, *args):
+        pass
+
+
+def get_target(name: str):
+    import difflib
+
+    from vidcc import plugins
+
+    reg = plugins.registry()
+    entry = reg.targets.get(name)
+    if entry is None:
+        close = difflib.get_close_matches(name, list(reg.targets), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(reg.targets))}"
+        raise TargetError(f"unknown target '{name}'{hint}")
+    return entry.obj
+
+
+def require_available(target) -> None:
+    a = target.available()
+    if not a:
+        raise TargetError(f"target '{target.name}' is not available here: {a.reason}" + (f" — {a.hint}" if a.hint else ""))
+
+
+def parse_bindings(items: list[str] | None) -> dict[str, list]:
+    """`NAME=V1,V2,...` (repeatable) -> {NAME: [values]}; values become int, float or stay strings."""
+    out: dict[str, list] = {}
+    for item in items or []:
+        name, sep, values = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not values.strip():
+            raise VidccError(f"--bind expects NAME=V1,V2,... (got {item!r})")
+        if name in out:
+            raise VidccError(f"--bind {name} given twice")
+        out[name] = [_scalar(v.strip()) for v in values.split(",") if v.strip()]
+    return out
+
+
+def _scalar(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def full_spec(target, user_spec: str) -> str:
+    return ",".join(s for s in (target.default_pipeline.strip(), (user_spec or "").strip()) if s)
+
+
+def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings: dict[str, list] | None = None,
+                  inputs: dict[str, np.ndarray] | None = None, output_dir: str | Path | None = None,
+                  use_cache: bool = True, gate: str | None = None, verify_each: bool = False,
+                  status: Callable[[str], None] = lambda message: None) -> CompileResult:
+    from vidcc import model as models
+    from vidcc import plugins
+    from vidcc.pass_manager import PassContext, PassManager, PassRecord
+    from vidcc.pipeline import build_pipeline
+
+    target = get_target(target_name)
+    require_available(target)
+    spec = full_spec(target, pipeline)
+    passes = build_pipeline(spec)  # spec errors before any loading or building
+    reg = plugins.registry()
+    status(f"resolving {model}")
+    source = models.resolve(model)
+    signature = V.input_signature(source.path)
+    if inputs is not None:
+        feeds, feeds_from = inputs, "user"
+    elif (sample := source.sample_inputs()) is not None:
+        feeds, feeds_from = sample, "model"
+    else:
+        feeds, feeds_from = V.random_feeds(signature), "random"
+    V.check_feeds(feeds, signature)
+    bindings = bindings or {}
+    gate_obj_requested = gate
+    versions = art.tool_versions(target)
+    key = art.content_key({
+        "model": art.model_digest(source.path), "passes": [(p.spec, reg.plugin_of(type(p))) for p in passes],
+        "target": target.name, "options": target.options, "bindings": bindings, "feeds": art.feeds_digest(feeds),
+        "gate": gate, "tools": versions})
+    pass_ctx = PassContext(target=target, bindings=bindings, calibration=[feeds], verify_each=verify_each,
+                           instruments=[_StatusInstrument(status)])
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from vidcc import onnx_io
+        from vidcc.ir import verify
+
+        status(f"loading {source.path.name}")
+        graph = onnx_io.load(source.path)
+        nodes_before = len(graph)
+        PassManager(passes).run(graph, pass_ctx)
+        verify(graph, require_types=False)
+        model_path = onnx_io.save(graph, tmp / "model.onnx")
+        status(f"building for {target.name}")
+        t0 = time.perf_counter()
+        from vidcc.target import BuildContext
+
+        entries = target.build(model_path, tmp, BuildContext(feeds=feeds, pass_ctx=pass_ctx, work_dir=tmp, status=status)) or {}
+        build_s = time.perf_counter() - t0
+        manifest = {
+            "created": art.now(),
+            "target": {"name": target.name, "options": target.options, "precision": target.precision},
+            "model": {"source": source.spec, "path": str(source.path), "digest": art.model_digest(source.path)},
+            "pipeline": {"spec": spec, "passes": [p.spec for p in passes]},
+            "bindings": bindings,
+            "tool_versions": versions,
+            "pass_log": [r.to_json() for r in pass_ctx.log],
+            "graph": {"nodes_before": nodes_before, "nodes_after": len(graph), "inputs": V.input_signature(model_path),
+                      "outputs": list(graph.outputs)},
+            "build": {"seconds": round(build_s, 3), **entries},
+        }
+        status("verifying against the ONNX Runtime fp32 reference")
+        runner = target.load(tmp, manifest)
+        try:
+            outputs = runner.run(feeds)
+        except VidccError:
+            raise
+        except Exception as exc:
+            raise TargetError(f"{target.name}: running the built artifact failed: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+        reference = V.reference_outputs(source.path, feeds)
+        per_output = V.compare_outputs(outputs, reference)
+        verdict = V.judge(per_output, V.gate_for(target.precision, pass_ctx.log, gate_obj_requested))
+        art.save_npz_atomic(tmp / art.INPUTS, feeds)
+        art.save_npz_atomic(tmp / art.OUTPUTS, {k: outputs[k] for k in reference if k in outputs})
+        manifest["verification"] = {
+            "reference": "original graph on ONNX Runtime CPU (fp32, basic optimizations)",
+            "inputs": {"file": art.INPUTS, "from": feeds_from,
+                       "shapes": {k: [list(v.shape), v.dtype.name] for k, v in feeds.items()}},
+            "outputs": art.OUTPUTS,
+            "metrics": {k: m.to_json() for k, m in per_output.items()},
+            "verdict": verdict.to_json(),
+        }
+        return manifest
+
+    cache = art.Cache()
+    artifact, cached = cache.get_or_build(key, build, reuse=use_cache)
+    ver = artifact.manifest["verification"]
+    metrics = {k: V.OutputMetrics(**{f: (float(v) if isinstance(v, str) and f not in ("name", "dtype", "error") else v)
+                                     for f, v in m.items()}) for k, m in ver["metrics"].items()}
+    verdict_json = ver["verdict"]
+    verdict = V.Verdict(verdict_json["passed"], V.GATES[verdict_json["gate"]], list(verdict_json["failures"]))
+    log = pass_ctx.log if not cached else [PassRecord(**{**r, "details": []}) for r in artifact.manifest["pass_log"]]
+    if cached:
+        pass_ctx.log = log
+    result = CompileResult(artifact, cached, verdict, metrics, log)
+    plugins.hook().vidcc_after_compile(artifact=artifact, ctx=pass_ctx)
+    if output_dir is not None and verdict.passed:
+        status(f"writing {output_dir}")
+        result.exported_to = art.export(artifact, output_dir)
+    return result
