@@ -53,6 +53,37 @@ def bookkeeping_model(batch="N"):
                       [helper.make_tensor_value_info("y", T.FLOAT, [batch, 2, 4, 16])], inits, opset=17)
 
 
+
+def layernorm_silu_model(channels=16):
+    """A decomposed LayerNorm (as the TorchScript exporter writes it), a linear layer and x*sigmoid(x):
+    what fuse-layernorm and fuse-silu rewrite, and a 3-D MatMul fuse-gemm refuses."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+             numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "beta"),
+             numpy_helper.from_array(rng.standard_normal((channels, channels)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b1")]
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes"], ["mean"], name="ln.mean"),
+        helper.make_node("Sub", ["x", "mean"], ["d"], name="ln.sub"),
+        helper.make_node("Pow", ["d", "two"], ["sq"], name="ln.pow"),
+        helper.make_node("ReduceMean", ["sq", "axes"], ["var"], name="ln.var"),
+        helper.make_node("Add", ["var", "eps"], ["vareps"], name="ln.addeps"),
+        helper.make_node("Sqrt", ["vareps"], ["std"], name="ln.sqrt"),
+        helper.make_node("Div", ["d", "std"], ["normed"], name="ln.div"),
+        helper.make_node("Mul", ["normed", "gamma"], ["scaled"], name="ln.mul"),
+        helper.make_node("Add", ["scaled", "beta"], ["ln_out"], name="ln.add"),
+        helper.make_node("MatMul", ["ln_out", "w1"], ["h"], name="ff.matmul"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="ff.bias"),
+        helper.make_node("Sigmoid", ["hb"], ["sg"], name="act.sigmoid"),
+        helper.make_node("Mul", ["hb", "sg"], ["y"], name="act.mul"),
+    ]
+    return make_model(nodes, [helper.make_tensor_value_info("x", T.FLOAT, [2, 8, channels])],
+                      [helper.make_tensor_value_info("y", T.FLOAT, [2, 8, channels])], inits, opset=18)
+
+
 # ---- a test plugin: a pass that fuses, refuses, tags precision and emits odd details; a target --------
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
-from tests.cli.explain_models import explain_plugin  # noqa: F401  (a fixture)
+from tests.cli.explain_models import explain_plugin, layernorm_silu_model  # noqa: F401  (a fixture)
 from vidcc.cli import main
 from vidcc.report_schema import load_schema, problems
 
@@ -95,6 +96,30 @@ def test_details_of_every_kind_fusion_and_precision(capsys, mlp_path, explain_pl
     for text in ("Linear at matmul", "Attention at relu: mask input is not constant", "conv_in: 48/64 channels kept",
                  "router -> 1", "relu: None -> fp16", "vendor-thing", "a bare string detail", "fused_linear (Gemm)"):
         assert text in out, text
+
+
+def test_builtin_fusions_report_fused_counts(capsys, tmp_path):
+    """The fusion passes' own events come through: fused counts per fusion pass, refusals with reasons."""
+    from vidcc import plugins
+
+    if "fuse" not in plugins.registry().pipelines:
+        pytest.skip("the fuse pipeline has not landed")
+    path = tmp_path / "ln.onnx"
+    onnx.save(layernorm_silu_model(), path)
+    code, r = explain_json(capsys, path, "-p", "cleanup,fuse")
+    assert code == 0
+    by_name = {p["name"]: p for p in r["passes"]}
+    ln, silu = by_name["fuse-layernorm"], by_name["fuse-silu"]
+    assert ln["events"].get("fused") == 1 and silu["events"].get("fused") == 1
+    assert sorted(n["name"] for n in ln["changes"]["removed"]) == sorted(
+        ["ln.mean", "ln.sub", "ln.pow", "ln.var", "ln.addeps", "ln.sqrt", "ln.div", "ln.mul", "ln.add"])
+    assert [n["op"] for n in ln["changes"]["added"]] == ["LayerNormalization"]
+    assert ln["changes"]["ops_delta"]["LayerNormalization"] == 1
+    assert r["summary"]["events"]["fused"] >= 2
+    refused = [d for p in r["passes"] for d in p["details"] if isinstance(d, dict) and d.get("kind") == "refused"]
+    assert all(d.get("reason") for d in refused)  # every refusal says why
+    code, out, _ = cli(capsys, "explain", path, "-p", "cleanup,fuse", "--pass", "fuse-layernorm")
+    assert "fused (1)" in out and "LayerNorm at" in out
 
 
 def test_target_default_pipeline(capsys, mlp_path, explain_plugin):

@@ -29,5 +29,5 @@ def run(args) -> int:
 
         print_diff(report)
         if args.html:
-            console.print(f"wrote {args.html}", highlight=False, markup=False)
+            console.print(f"wrote {args.html}", highlight=False, markup=False, soft_wrap=True)
     return 0

@@ -55,5 +55,5 @@ def run(args) -> int:
 
         print_explain(result.report, focus=args.focus)
         if args.html:
-            console.print(f"wrote {args.html}", highlight=False, markup=False)
+            console.print(f"wrote {args.html}", highlight=False, markup=False, soft_wrap=True)
     return 1 if result.report["error"] else 0
