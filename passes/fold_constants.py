@@ -45,17 +45,21 @@ class FoldConstants(Pass):
     max_rounds: int = 10
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        stats = {"constant_nodes": 0, "shapes": 0, "evaluated": 0, "bypassed": 0, "too_large": 0, "failed": 0}
-        details: list[dict] = []
+        stats = {"constant_nodes": 0, "shapes": 0, "evaluated": 0, "bypassed": 0}
+        refused: dict[str, dict] = {}  # node -> last refusal (a node may be refused in several rounds)
         for _ in range(self.max_rounds):
             before = dict(stats)
             self._constant_nodes(graph, stats)
             self._shapes(graph, stats)
-            self._evaluate(graph, stats, details)
+            self._evaluate(graph, stats, refused)
             if stats == before:
                 break
             refresh_types(graph)
-        modified = any(v for k, v in stats.items() if k not in ("too_large", "failed"))
+        refused = {k: d for k, d in refused.items() if any(n.name == k for n in graph.nodes_by_op(d["op"]))}
+        stats["too_large"] = sum(d["reason"] != _FAILED for d in refused.values())
+        stats["failed"] = sum(d["reason"] == _FAILED for d in refused.values())
+        details = [{k: v for k, v in d.items() if k != "op"} for d in refused.values()]
+        modified = any(stats[k] for k in ("constant_nodes", "shapes", "evaluated", "bypassed"))
         return PassResult(modified, {k: v for k, v in stats.items() if v}, details)
 
     # ---- Constant nodes --------------------------------------------------------------------------
@@ -113,7 +117,7 @@ class FoldConstants(Pass):
         return folded
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def _evaluate(self, graph: Graph, stats: dict, details: list) -> None:
+    def _evaluate(self, graph: Graph, stats: dict, refused: dict) -> None:
         folding: set[str] = set()  # tensors this round will make constant
         batch: list[Node] = []
         for node in graph.toposort():
@@ -133,13 +137,12 @@ class FoldConstants(Pass):
                     continue
             why = self._too_large(graph, node)
             if why:
-                stats["too_large"] += 1
-                details.append({"kind": "refused", "pattern": "fold", "node": node.name, "reason": why})
+                refused[node.name] = _refusal(node, why)
                 continue
             batch.append(node)
             folding.update(o for o in node.outputs if o)
         for part in _batches(graph, batch):
-            self._run_batch(graph, part, stats, details)
+            self._run_batch(graph, part, stats, refused)
 
     def _foldable(self, graph: Graph, node: Node, folding: set[str]) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM or node.op_type == "Constant":
@@ -164,7 +167,7 @@ class FoldConstants(Pass):
             return f"result is {out_bytes} bytes (> size_limit {self.size_limit} and > its inputs' {in_bytes})"
         return None
 
-    def _run_batch(self, graph: Graph, nodes: list[Node], stats: dict, details: list) -> None:
+    def _run_batch(self, graph: Graph, nodes: list[Node], stats: dict, refused: dict) -> None:
         produced = {o for n in nodes for o in n.outputs if o}
         needed = [o for n in nodes for o in n.outputs if o and graph.is_used(o)]
         if not needed:
@@ -177,9 +180,14 @@ class FoldConstants(Pass):
                 _to_constant(graph, node, [values.get(o) for o in node.outputs])
                 stats["evaluated"] += 1
             else:
-                stats["failed"] += 1
-                details.append({"kind": "refused", "pattern": "fold", "node": node.name,
-                                "reason": "could not be evaluated"})
+                refused[node.name] = _refusal(node, _FAILED)
+
+
+_FAILED = "could not be evaluated (no onnxruntime kernel, reference evaluator failed)"
+
+
+def _refusal(node: Node, reason: str) -> dict:
+    return {"kind": "refused", "pattern": "fold", "node": node.name, "op": node.op_type, "reason": reason}
 
 
 def _shape_slice(node: Node, rank: int) -> slice:

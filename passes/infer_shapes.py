@@ -14,12 +14,14 @@ from vidcc.pass_manager import Pass, PassContext, PassResult
 
 
 def _parse_shapes(items) -> dict[str, object]:
-    """"sample=1x14x8x64x64" binds an input's shape; "frames=14" binds a symbolic dim."""
+    """"sample:1x14x8x64x64" binds an input's shape; "frames:14" binds a symbolic dim ("=" works too,
+    quoted in a spec string)."""
     out: dict[str, object] = {}
     for item in items:
-        if "=" not in item:
-            raise SpecError(f"infer-shapes: '{item}' is not NAME=DIMS (e.g. sample=1x14x4x64x64 or frames=14)")
-        key, value = item.split("=", 1)
+        sep = ":" if ":" in item else "="
+        if sep not in item:
+            raise SpecError(f"infer-shapes: '{item}' is not NAME:DIMS (e.g. sample:1x14x4x64x64 or frames:14)")
+        key, value = item.split(sep, 1)
         try:
             dims = tuple(int(d) for d in value.lower().split("x"))
         except ValueError:
@@ -99,8 +101,8 @@ class InferShapes(Pass):
     """Infer every tensor's dtype and shape (ONNX shape inference with data propagation).
 
     Rewrite cases:
-    - inputs named in `shapes` ("sample=1x14x8x64x64") get that static shape; symbolic dims named
-      there ("frames=14") or in ctx.bindings (a dim name bound to one int) are fixed in every input
+    - inputs named in `shapes` ("sample:1x14x8x64x64") get that static shape; symbolic dims named
+      there ("frames:14") or in ctx.bindings (a dim name bound to one int) are fixed in every input
       (ctx.bindings of input names are values, e.g. timesteps, not shapes: they are left alone);
     - intermediate types are re-inferred and replaced where the new one is more specific (static dims
       beat symbolic beat unknown), so shape folding can follow.

@@ -57,19 +57,22 @@ class Const(Pattern):
 class P(Pattern):
     """An operation. `op` may be a tuple of alternatives. Keyword arguments constrain attributes:
     a plain value must equal the attribute (None: must be absent or default), a callable gets the value.
-    `commute` tries both input orders (default for commutative ops); `outputs` is how many outputs
-    the node must have at least; `slot` is which output of this node its consumer reads."""
+    `commute` tries both input orders (default for commutative ops); `strict` requires exactly the
+    pattern's inputs (else extra trailing inputs, e.g. opset-18 Reduce axes, are allowed); `slot` is
+    which output of this node its consumer reads; `shared` lets the node's outputs have readers
+    outside the match (the node is then kept)."""
 
     def __init__(self, op: str | tuple[str, ...], *inputs: Pattern | None, name: str | None = None,
                  domain: str = "", commute: bool | None = None, slot: int = 0, shared: bool = False,
-                 **attrs: Any):
+                 strict: bool = False, **attrs: Any):
         self.ops = (op,) if isinstance(op, str) else tuple(op)
         self.inputs = tuple(Var() if i is None else i for i in inputs)
         self.name = name or f"_{self.ops[0]}{next(_ids)}"
         self.domain = domain
         self.commute = (all(o in COMMUTATIVE for o in self.ops) and len(inputs) == 2) if commute is None else commute
         self.slot = slot
-        self.shared = shared  # outputs may also be used outside the match (not removed then)
+        self.shared = shared
+        self.strict = strict
         self.attrs = attrs
 
     def __repr__(self) -> str:
@@ -158,7 +161,8 @@ class Matcher:
                 best.append(_Fail(f"{_node_text(node)}: attribute {key}={have!r} does not fit", depth))
                 return
         ins = [i for i in node.inputs]
-        if len(ins) < len(p.inputs) or any(not ins[k] for k in range(len(p.inputs))):
+        if len(ins) < len(p.inputs) or any(not ins[k] for k in range(len(p.inputs))) or (
+                p.strict and any(ins[len(p.inputs):])):
             best.append(_Fail(f"{_node_text(node)} has {len(ins)} inputs, pattern needs {len(p.inputs)}", depth))
             return
         m = m.copy()
