@@ -333,6 +333,8 @@ def _node_changes(a: State, na: Node, b: State, nb: Node, remap, same_ir: bool) 
     what: list[str] = []
     if op_label(na) != op_label(nb):
         what.append("op")
+    if na.name != nb.name:
+        what.append("name")
     attrs = sorted(k for k in set(na.attrs) | set(nb.attrs)
                    if not (k in na.attrs and k in nb.attrs and (na.attrs[k] is nb.attrs[k] or na.attrs[k] == nb.attrs[k])))
     if attrs:
@@ -345,17 +347,45 @@ def _node_changes(a: State, na: Node, b: State, nb: Node, remap, same_ir: bool) 
     return what, attrs
 
 
-class _TypeView:
-    """node_macs() asks a graph for tensor types: the state's own, else a static shape from the hint."""
+# Ops whose first output has the shape of their first input. Shape inference knows no contrib op
+# (com.microsoft::QuickGelu, ...), so without this one fused activation hides every cost below it.
+SHAPE_PRESERVING = {
+    "Relu", "Sigmoid", "Tanh", "Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Swish", "HardSwish", "Mish",
+    "Softmax", "Cast", "Identity", "Dropout", "LayerNormalization", "SkipLayerNormalization",
+    "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization", "GroupNormalization",
+    "GroupNorm", "InstanceNormalization", "BatchNormalization", "BiasAdd", "BiasSplitGelu", "MultiHeadAttention",
+}
+
+
+class TypeView:
+    """node_macs() asks a graph for tensor types: the state's own when static, else a static shape from
+    the hint, else (for a shape-preserving op) its first input's."""
 
     def __init__(self, state: State, hint: dict[str, TensorType] | None):
         self.state, self.hint = state, hint or {}
+        self._memo: dict[str, TensorType] = {}
 
-    def type_of(self, tensor: str) -> TensorType:
+    def type_of(self, tensor: str, _depth: int = 0) -> TensorType:
         t = self.state.type_of(tensor)
-        if t.shape is not None and all(isinstance(d, int) for d in t.shape):
+        if _static(t):
             return t
-        return self.hint.get(tensor, t)
+        if tensor in self.hint:
+            return self.hint[tensor]
+        if tensor in self._memo:
+            return self._memo[tensor]
+        p = self.state.producer(tensor)
+        if p is not None and p[1] == 0 and _depth < 64:
+            node = self.state.nodes[p[0]]
+            if node.op_type in SHAPE_PRESERVING and node.inputs and node.inputs[0]:
+                src = self.type_of(node.inputs[0], _depth + 1)
+                if _static(src):
+                    t = TensorType(t.dtype or src.dtype, src.shape)
+        self._memo[tensor] = t
+        return t
+
+
+def _static(t: TensorType) -> bool:
+    return t.shape is not None and all(isinstance(d, int) for d in t.shape)
 
 
 def _macs_delta(a: State, a_keys: list[int], b: State, b_keys: list[int], hint) -> tuple[int, int]:
@@ -363,7 +393,7 @@ def _macs_delta(a: State, a_keys: list[int], b: State, b_keys: list[int], hint) 
 
     total, unknown = 0, 0
     for state, keys, sign in ((a, a_keys, -1), (b, b_keys, 1)):
-        view = _TypeView(state, hint)
+        view = TypeView(state, hint)
         for k in keys:
             try:
                 m = node_macs(view, state.nodes[k])

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vidcc import __version__
-from vidcc.diff import State, compare, node_ref
+from vidcc.diff import State, TypeView, compare, node_ref
 from vidcc.events import kind_of
 from vidcc.ir import Graph, TensorType
 from vidcc.pass_manager import Instrument, PassContext
@@ -124,7 +124,7 @@ def explain(graph: Graph, passes: list, ctx: PassContext, *, model: str = "", pa
         run_pipeline(graph, passes, ctx)
     except PassError as exc:
         error = str(exc)
-    after, _ = _summary(graph, feeds)
+    after, _ = _summary(graph, feeds, hint)
     final = State(graph)
     initial = recorder.initial or final
     passes_json = recorder.pass_reports(ctx)
@@ -148,25 +148,43 @@ def explain(graph: Graph, passes: list, ctx: PassContext, *, model: str = "", pa
     return Explanation(report, recorder.node_table(final))
 
 
-def _summary(graph: Graph, feeds) -> tuple[dict[str, Any], dict[str, TensorType] | None]:
-    """stats.summarize, with MACs counted at the sample inputs' shapes when there are sample inputs."""
+def _summary(graph: Graph, feeds, hint: dict[str, TensorType] | None = None
+             ) -> tuple[dict[str, Any], dict[str, TensorType] | None]:
+    """stats.summarize, with MACs counted at the sample inputs' shapes when there are sample inputs.
+    Shape inference knows no contrib op (com.microsoft::MultiHeadAttention): past one, shapes come from
+    `hint` (the first graph's, by tensor name), so a fusion does not make MACs look like they vanished."""
     from vidcc import stats
 
     info = stats.summarize(graph)
     info["macs_at"] = None
-    hint = None
+    found = None
     if feeds:
         try:
             bound = stats.bind_input_shapes(graph, feeds)
-        except Exception:  # shape inference may not know a custom op: fall back to the graph's own types
+        except Exception:  # shape inference may fail on a custom op: fall back to the graph's own types
             bound = None
         if bound is not None:
-            cost = stats.summarize(bound)
-            info.update(macs=cost["macs"], flops=cost["flops"], nodes_with_unknown_cost=cost["nodes_with_unknown_cost"],
+            found = {k: t for k, t in bound.types.items()
+                     if t.shape is not None and all(isinstance(d, int) for d in t.shape)}
+            macs, unknown = graph_macs(bound, {**(hint or {}), **found})
+            info.update(macs=macs, flops=2 * macs, nodes_with_unknown_cost=unknown,
                         macs_at={k: [int(d) for d in v.shape] for k, v in feeds.items()})
-            hint = {k: t for k, t in bound.types.items()
-                    if t.shape is not None and all(isinstance(d, int) for d in t.shape)}
-    return info, hint
+    return info, found
+
+
+def graph_macs(graph: Graph, hint: dict[str, TensorType]) -> tuple[int, int]:
+    """(MACs, nodes of unknown cost) of a graph, static shapes from `hint` where its own are not."""
+    from vidcc.stats import node_macs
+
+    view = TypeView(State(graph), hint)
+    total, unknown = 0, 0
+    for node in graph.nodes:
+        m = node_macs(view, node)
+        if m is None:
+            unknown += 1
+        else:
+            total += m
+    return total, unknown
 
 
 def _pipeline_summary(passes: list[dict[str, Any]], before: dict, after: dict, net: dict) -> dict[str, Any]:

@@ -83,11 +83,14 @@ def svg(nodes: list[dict[str, Any]], edges: list[list[Any]], *, label: str = "")
             f'<g class="node status-{escape(n["status"])}" data-prec="{escape(prec)}" data-name="{escape(n["name"])}" '
             f'transform="translate({x:.1f},{y:.1f})"><title>{escape(tip)}</title>'
             f'<rect width="{BOX_W}" height="{BOX_H}" rx="5"/>'
-            f'<text x="{BOX_W / 2}" y="15" class="op">{escape(_clip(n["op"], 22))}</text>'
-            f'<text x="{BOX_W / 2}" y="29" class="name">{escape(_clip(n["name"], 24))}</text></g>')
+            f'<text x="{BOX_W / 2}" y="15" class="op">{escape(_clip(n["op"], 21))}</text>'
+            f'<text x="{BOX_W / 2}" y="29" class="name">{escape(_clip(n["name"], 21, tail=True))}</text></g>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _clip(s: str, n: int) -> str:
-    return s if len(s) <= n else s[:n - 1] + "\u2026"
+def _clip(s: str, n: int, tail: bool = False) -> str:
+    """Shorten to n characters; exporter names (/m/down_blocks.0/.../to_q/MatMul) say most at the end."""
+    if len(s) <= n:
+        return s
+    return "\u2026" + s[-(n - 1):] if tail else s[:n - 1] + "\u2026"
