@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-KNOWN_KINDS = ("fused", "refused", "removed", "pruned", "routed", "precision")
+KNOWN_KINDS = ("fused", "refused", "removed", "pruned", "folded", "routed", "precision")
 
 
 def kind_of(d: Any) -> str:
@@ -26,25 +26,36 @@ def describe(d: Any) -> str:
         return str(d)
     kind = d.get("kind")
     rest = {k: v for k, v in d.items() if k != "kind"}
-    where = rest.pop("node", None) or rest.pop("layer", None)
-    if kind == "fused":
-        head = f"{rest.pop('pattern', '?')} at {where}"
-    elif kind == "refused":
-        head = f"{rest.pop('pattern', '?')} at {where}: {rest.pop('reason', 'no reason given')}"
-    elif kind == "pruned":
+    where = next((rest.pop(k) for k in ("node", "layer", "router", "group") if rest.get(k) is not None), None)
+    pattern = rest.pop("pattern", None)
+    subject = f"{pattern} at {where}" if pattern and where else str(pattern or where or "")
+    if kind == "refused":
+        head = f"{subject}: {rest.pop('reason', 'no reason given')}"
+    elif kind in ("pruned", "folded"):
         kept, total, chans = rest.pop("kept", None), rest.pop("total", None), rest.pop("channels", None)
         count = f"{kept}/{total} channels kept" if kept is not None and total is not None else \
-            f"channels {short(chans)}" if chans is not None else ""
-        head = f"{where}: {count}" if count else str(where)
+            f"channels {pair(chans)}" if chans is not None else ""
+        head = f"{subject}: {count}" if count else subject
     elif kind == "routed":
         choice = next((rest.pop(k) for k in ("expert", "route", "decision") if k in rest), None)
-        head = f"{where} -> {choice}" if choice is not None else str(where)
+        value = rest.pop("value", None)
+        head = subject + (f" [{short(value)}]" if value is not None else "") + \
+            (f" -> {short(choice)}" if choice is not None else "")
     elif kind == "precision":
-        head = f"{where}: {rest.pop('from', '?')} -> {rest.pop('to', '?')}"
+        head = f"{subject}: {rest.pop('from', '?')} -> {rest.pop('to', '?')}"
+    elif kind == "removed" and not subject:
+        head = str(rest.pop("what", ""))
     else:
-        head = str(where) if where is not None else ""
-    extra = ", ".join(f"{k}={short(v)}" for k, v in rest.items())
+        head = subject
+    extra = ", ".join(f"{k}={pair(v)}" for k, v in rest.items())
     return f"{head} ({extra})" if head and extra else head or extra
+
+
+def pair(v: Any) -> str:
+    """[before, after] pairs, as pruning reports them, read `before -> after`."""
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+        return f"{v[0]} -> {v[1]}"
+    return short(v)
 
 
 def short(v: Any, limit: int = 80) -> str:

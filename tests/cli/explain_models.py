@@ -102,6 +102,8 @@ class FakeFuse(Pass):
             {"kind": "refused", "pattern": "Attention", "node": "relu", "reason": "mask input is not constant"},
             {"kind": "pruned", "layer": "conv_in", "kept": np.int64(48), "total": 64, "channels": {3, 1, 2}},
             {"kind": "routed", "node": "router", "expert": 1, "value": np.float32(0.5)},
+            {"kind": "routed", "router": "r0", "op": "If", "value": 500, "decision": "expert high"},  # as moe emits
+            {"kind": "pruned", "node": "conv1", "op": "Conv", "channels": [64, 48], "params": [100, 80]},
             {"kind": "precision", "node": "relu", "from": None, "to": "fp16", "reason": "not a reduction"},
             {"kind": "vendor-thing", "weight": np.arange(3), "where": relu},
             "a bare string detail",
