@@ -1,24 +1,27 @@
 """Every built-in target's default pipeline, in one place so that passes landing later are added here.
 
 The fusion passes ask the target what it accepts (`ctx.supports(op, domain)`) and pick the form it runs
-best, so the same fusion list serves every backend. Targets that compute in half will put vidcc's
-precision passes (`tag-precision{dtype=...},materialize-precision`) here once they exist; until then
-their build converts the graph with the stopgap in targets/_fp16.py.
+best, so the same fusion list serves every backend. Targets that compute in half end with vidcc's
+precision passes: tag-precision decides per node (norm statistics, softmax, timestep sin/cos, large
+activations stay fp32; calibrated on the compile's sample inputs), materialize-precision retypes the
+graph with explicit casts at the boundaries and fp32 graph inputs/outputs.
 """
 
 CLEANUP = "cleanup"
 FUSIONS = "fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention"
 STANDARD = f"{CLEANUP},{FUSIONS}"
+FP16 = f"{STANDARD},tag-precision{{dtype=fp16}},materialize-precision"
+BF16 = f"{STANDARD},tag-precision{{dtype=bf16}},materialize-precision"
 
 DEFAULT = {
     "ort": STANDARD,
     "ort-cuda": STANDARD,
-    "ort-cuda-fp16": STANDARD,
+    "ort-cuda-fp16": FP16,
     "tvm-llvm": STANDARD,
-    "tvm-llvm-fp16": STANDARD,
+    "tvm-llvm-fp16": FP16,
     "tvm-cuda": STANDARD,
-    "tvm-cuda-fp16": STANDARD,
+    "tvm-cuda-fp16": FP16,
     "trt-fp32": STANDARD,
-    "trt-fp16": STANDARD,
-    "trt-bf16": STANDARD,
+    "trt-fp16": FP16,
+    "trt-bf16": BF16,
 }
