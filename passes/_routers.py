@@ -97,7 +97,10 @@ def find_routers(graph: Graph, bound: set[str]) -> tuple[list[Router], list[dict
             continue
         if op == "If":
             cond = node.inputs[0]
-            routers.append(Router(node, cond)) if cond in known else refuse(node, cond)
+            if cond in dep:
+                routers.append(Router(node, cond))
+            elif cond not in known:  # a condition of constants alone is fold-constants' business
+                refuse(node, cond)
         elif op == "Where":
             cond = node.inputs[0]
             if cond not in dep:  # masks made of constants (attention masks ...) are no routers

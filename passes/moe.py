@@ -31,6 +31,7 @@ import onnx.numpy_helper
 from vidcc.errors import VidccError
 from vidcc.ir import Graph, TensorType
 from vidcc.pass_manager import Pass, PassContext, PassResult
+from vidcc.passes._dispatch import prune_empty_dispatch
 from vidcc.passes._inline import inline_branch
 from vidcc.passes._routers import (GATHERS, INDEX_ROUTERS, Router, _concat_source, bound_feed, evaluate,
                                    find_routers)
@@ -90,7 +91,7 @@ def describe(graph: Graph, router: Router, value: np.ndarray) -> str:
         if not v.any():
             return f"input 2 ({node.inputs[2]})"
         return "mixed (differs across elements)"
-    picked = sorted(set(np.asarray(value).reshape(-1).tolist()))
+    picked = list(dict.fromkeys(np.asarray(value).reshape(-1).tolist()))  # in the order taken: it matters
     if node.op_type in GATHERS:
         return f"gather {picked}"
     return f"experts {picked}"
@@ -224,6 +225,10 @@ def specialize_inplace(graph: Graph, bindings: dict[str, list], shapes: dict[str
             else:
                 skip.add(r.node.id)
                 events.append({"kind": "refused", "node": r.name, "op": r.node.op_type, "reason": reason})
+        pruned = prune_empty_dispatch(graph)
+        if pruned:
+            events.append({"kind": "removed", "what": "dispatch to experts the decided indices never name",
+                           "rewrites": pruned})
         DeadCodeElimination().run(graph, None)
     from vidcc.onnx_io import infer_missing_types
 
@@ -321,6 +326,16 @@ class PrecomputeRouters(Pass):
     """
 
     name = "precompute-routers"
+
+    # what `vidcc compile` uses to build one engine per route (vidcc/specialize.py)
+    specializations = staticmethod(lambda graph, bindings, shapes=None: specializations(graph, bindings, shapes))
+    weight_bytes = staticmethod(lambda graph: weight_bytes(graph))
+
+    @staticmethod
+    def has_routers(graph: Graph, bindings: dict[str, list]) -> bool:
+        """Whether some router depends on the bound inputs (and on nothing unbound)."""
+        bound = set(normalize_bindings(graph, bindings))
+        return bool(bound) and bool(find_routers(graph, bound)[0])
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         bindings = normalize_bindings(graph, ctx.bindings if ctx else {})

@@ -205,6 +205,10 @@ class Artifact:
     def runner(self):
         from vidcc.errors import TargetError
 
+        if self.manifest.get("routes"):  # compiled per routing decision (vidcc/specialize.py)
+            raise ArtifactError(f"artifact '{self.path}' has one engine per routing decision: run one step "
+                                f"(`vidcc run ARTIFACT --step K`, or vidcc.specialize.engine_runner)")
+
         target = self.target()
         why = target.available()
         if not why:

@@ -99,7 +99,16 @@ def full_spec(target, user_spec: str) -> str:
 def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings: dict[str, list] | None = None,
                   inputs: dict[str, np.ndarray] | None = None, output_dir: str | Path | None = None,
                   use_cache: bool = True, gate: str | None = None, verify_each: bool = False,
-                  status: Callable[[str], None] = lambda message: None) -> CompileResult:
+                  status: Callable[[str], None] = lambda message: None, schedule: str | None = None,
+                  schedule_input: str | None = None) -> CompileResult:
+    if bindings or schedule:  # routers under static bindings: one engine per route (vidcc/specialize.py)
+        from vidcc.specialize import compile_routed
+
+        routed, bindings = compile_routed(model, target_name, pipeline=pipeline, bindings=bindings, schedule=schedule,
+                                          schedule_input=schedule_input, inputs=inputs, output_dir=output_dir,
+                                          use_cache=use_cache, gate=gate, verify_each=verify_each, status=status)
+        if routed is not None:
+            return routed
     from vidcc import model as models
     from vidcc import plugins
     from vidcc.pass_manager import PassContext, PassManager, PassRecord

@@ -148,3 +148,54 @@ def feeds(t, seed=1):
     rng = np.random.default_rng(seed)
     return {"hidden_states": rng.standard_normal((1, TOKENS, D)).astype(np.float32),
             "timestep": np.array([t], np.int64)}
+
+
+def moe_sparse_dispatch(seed=0, k=2, router="timestep"):
+    """torch-style sparse dispatch, as the zoo's moe-dit exports it: per expert e,
+    NonZero(Equal(chosen, e)) -> Gather tokens -> expert -> ScatterElements into zeros -> Add.
+    hidden_states [1, TOKENS, D] is handled as TOKENS rows; the token count stays dynamic."""
+    rng = np.random.default_rng(seed)
+    inputs, outputs = _io()
+    nodes, inits = _temb(rng)
+    inits += [_w(rng, "W_router", D, E), numpy_helper.from_array(np.array([k], np.int64), "k"),
+              numpy_helper.from_array(np.array([-1, D], np.int64), "rows_shape"),
+              numpy_helper.from_array(np.array([-1, k], np.int64), "chosen_shape"),
+              numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+              numpy_helper.from_array(np.array(0, np.int64), "zero")]
+    nodes.append(helper.make_node("Reshape", ["hidden_states", "rows_shape"], ["rows"], name="rows"))  # [T, D]
+    router_in = "temb" if router == "timestep" else "rows"
+    nodes += [helper.make_node("MatMul", [router_in, "W_router"], ["logits"], name="router_fc"),
+              helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="router_softmax"),
+              helper.make_node("TopK", ["probs", "k"], ["gate", "idx"], axis=-1, name="router_topk"),
+              helper.make_node("Shape", ["rows"], ["rows_dims"], name="rows_dims"),
+              helper.make_node("Gather", ["rows_dims", "ax0"], ["n_rows"], axis=0, name="n_rows"),
+              helper.make_node("Concat", ["n_rows", "k"], ["chosen_dims"], axis=0, name="chosen_dims"),
+              helper.make_node("Expand", ["idx", "chosen_dims"], ["chosen"], name="chosen"),  # [T, k]
+              helper.make_node("Expand", ["gate", "chosen_dims"], ["weights"], name="weights"),
+              helper.make_node("ConstantOfShape", ["rows_dims"], ["acc_0"], name="zeros",
+                               value=numpy_helper.from_array(np.array([0.0], np.float32)))]
+    for e in range(E):
+        inits.append(numpy_helper.from_array(np.array(e, np.int64), f"e{e}"))
+        bn, bi = _expert(rng, e, f"tok_x_{e}", f"y_{e}")
+        inits += bi
+        nodes += [helper.make_node("Equal", ["chosen", f"e{e}"], [f"mask_{e}"], name=f"mask_{e}"),
+                  helper.make_node("NonZero", [f"mask_{e}"], [f"nz_{e}"], name=f"nz_{e}"),  # [2, n]
+                  helper.make_node("Gather", [f"nz_{e}", "zero"], [f"tok_{e}"], axis=0, name=f"tok_{e}"),
+                  helper.make_node("Transpose", [f"nz_{e}"], [f"nzt_{e}"], perm=[1, 0], name=f"nzt_{e}"),
+                  helper.make_node("Gather", ["rows", f"tok_{e}"], [f"tok_x_{e}"], axis=0, name=f"tok_x_{e}"),
+                  *bn,
+                  helper.make_node("GatherND", ["weights", f"nzt_{e}"], [f"w_{e}"], name=f"w_{e}"),
+                  helper.make_node("Unsqueeze", [f"w_{e}", "ax1"], [f"w2_{e}"], name=f"w2_{e}"),
+                  helper.make_node("Mul", [f"y_{e}", f"w2_{e}"], [f"upd_{e}"], name=f"upd_{e}"),
+                  helper.make_node("Unsqueeze", [f"tok_{e}", "ax1"], [f"tcol_{e}"], name=f"tcol_{e}"),
+                  helper.make_node("Shape", [f"upd_{e}"], [f"upd_dims_{e}"], name=f"upd_dims_{e}"),
+                  helper.make_node("Expand", [f"tcol_{e}", f"upd_dims_{e}"], [f"sidx_{e}"], name=f"sidx_{e}"),
+                  helper.make_node("Shape", [f"acc_{e}"], [f"acc_dims_{e}"], name=f"acc_dims_{e}"),
+                  helper.make_node("ConstantOfShape", [f"acc_dims_{e}"], [f"z_{e}"], name=f"z_{e}",
+                                   value=numpy_helper.from_array(np.array([0.0], np.float32))),
+                  helper.make_node("ScatterElements", [f"z_{e}", f"sidx_{e}", f"upd_{e}"], [f"contrib_{e}"],
+                                   axis=0, name=f"scatter_{e}"),
+                  helper.make_node("Add", [f"acc_{e}", f"contrib_{e}"], [f"acc_{e + 1}"], name=f"acc_{e + 1}")]
+    inits.append(numpy_helper.from_array(np.array([1, TOKENS, D], np.int64), "out_shape"))
+    nodes.append(helper.make_node("Reshape", [f"acc_{E}", "out_shape"], ["out"], name="unrows"))
+    return _model(nodes, inputs, outputs, inits)

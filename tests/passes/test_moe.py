@@ -154,3 +154,81 @@ def test_specialize_single_binding_and_mismatched_lists():
     assert expert_weights(low) == {"W1_1", "W2_1"}
     with pytest.raises(Exception, match="values"):
         moe.specializations(graph, {"timestep": [1, 2, 3], "hidden_states": [0.0, 1.0]})
+
+
+@pytest.mark.parametrize("router", ["timestep", "token"])
+def test_sparse_dispatch_drops_experts_never_named(router):
+    model = mg.moe_sparse_dispatch(router=router)
+    graph = onnx_io.from_proto(model)
+    specs = moe.specializations(graph, {"timestep": TIMESTEPS})
+    if router == "token":
+        assert len(specs) == 1 and expert_weights(specs[0].graph) == expert_weights(graph)
+        assert any(e.get("reason") == "router depends on hidden_states" for e in specs[0].events)
+    for s in specs:
+        verify(s.graph)
+        assert_same(model, s.graph, [TIMESTEPS[i] for i in s.route.positions])
+        if router == "timestep":
+            named = {int(x) for x in s.route.decisions["router_topk"][len("experts ["):-1].split(",")}
+            assert {int(c[3:]) for c in expert_weights(s.graph)} == named and len(named) == 2
+
+
+# ---- the zoo's real exports ------------------------------------------------------------------------
+def zoo_model(name: str, exporter: str | None = None):
+    zoo = pytest.importorskip("vidcc.zoo")
+    pytest.importorskip("torch")
+    try:
+        e = zoo.export(name, exporter=exporter)
+    except KeyError:
+        pytest.skip(f"{name} is not in the zoo yet")
+    with np.load(e.inputs_path) as data:
+        feeds = {k: data[k] for k in data.files}
+    return e.model_path, feeds
+
+
+def assert_same_zoo(path, graph, feeds, timesteps) -> None:
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(onnx_io.to_proto(graph).SerializeToString(), providers=["CPUExecutionProvider"])
+    for t in timesteps:
+        f = dict(feeds, timestep=np.full_like(feeds["timestep"], t))
+        want, have = ref.run(None, f)[0], got.run(None, f)[0]
+        assert np.abs(have - want).max() <= 1e-4 * np.abs(want).max(), f"t={t}"
+
+
+def test_zoo_wan22_moe_two_experts():
+    path, feeds = zoo_model("wan22-moe:tiny")
+    graph = onnx_io.load(path)
+    shapes = {k: v.shape for k, v in feeds.items()}
+    specs = moe.specializations(graph, {"timestep": TIMESTEPS}, shapes)
+    assert [s.route.positions for s in specs] == [[0, 1, 2, 3, 4], [5, 6, 7, 8]]
+    for s in specs:
+        assert not s.graph.nodes_by_op("If")
+        assert moe.weight_bytes(s.graph) <= 0.52 * moe.weight_bytes(graph)
+        assert_same_zoo(path, s.graph, feeds, [TIMESTEPS[i] for i in s.route.positions])
+
+
+@pytest.mark.parametrize("exporter", [None, "dynamo"])
+def test_zoo_moe_dit_timestep_router_folded(exporter):
+    path, feeds = zoo_model("moe-dit-trouter:tiny", exporter)
+    graph = onnx_io.load(path)
+    specs = moe.specializations(graph, {"timestep": [999, 500, 10]}, {k: v.shape for k, v in feeds.items()})
+    for s in specs:
+        assert not s.graph.nodes_by_op("TopK")
+        experts = {c for c in s.graph.constants if ".experts." in c and c.endswith("fc1.weight")}
+        assert len(experts) == 2 * 2, "2 layers x top-2 of 4 experts"
+        assert moe.weight_bytes(s.graph) < moe.weight_bytes(graph)
+        assert_same_zoo(path, s.graph, feeds, [[999, 500, 10][i] for i in s.route.positions])
+
+
+def test_zoo_moe_dit_token_router_unchanged():
+    path, feeds = zoo_model("moe-dit:tiny")
+    graph = onnx_io.load(path)
+    before = onnx_io.to_proto(graph).SerializeToString()
+    ctx = PassContext(bindings={"timestep": [999]}, calibration=[feeds])
+    run_pipeline(graph, "precompute-routers", ctx)
+    rec = ctx.log[0]
+    assert not rec.modified and onnx_io.to_proto(graph).SerializeToString() == before
+    reasons = [d["reason"] for d in rec.details if d["kind"] == "refused" and d["op"] == "TopK"]
+    assert len(reasons) == 2 and all("hidden_states" in r for r in reasons)
+    assert_same_zoo(path, graph, feeds, [999])

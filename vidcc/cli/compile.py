@@ -12,6 +12,10 @@ def add_parser(sub):
     p.add_argument("-p", "--pipeline", default="", help="passes to run after the target's default pipeline")
     p.add_argument("--bind", action="append", metavar="NAME=V1,V2,...",
                    help="static values of an input (e.g. timesteps); repeatable; recorded in the manifest")
+    p.add_argument("--schedule", metavar="NAME|steps=N,shift=S,boundary=B",
+                   help="bind the timestep input to a sampler's timesteps (wan22-t2v, wan22-i2v, or explicit); "
+                        "with MoE routers, one engine per distinct routing decision")
+    p.add_argument("--schedule-input", metavar="NAME", help="the input the schedule binds (default: the timestep input)")
     p.add_argument("-o", "--output", help="also write the artifact directory here")
     p.add_argument("--inputs", metavar="FILE.npz", help="verification inputs (default: the model's sample inputs)")
     p.add_argument("--gate", choices=["exact", "fp16", "bf16", "lossy"], help="verification gate (default: by target "
@@ -45,12 +49,14 @@ def run(args) -> int:
     if args.json:
         result = compile_model(args.model, args.target, pipeline=args.pipeline, bindings=bindings, inputs=inputs,
                                output_dir=args.output, use_cache=not args.no_cache, gate=args.gate,
-                               verify_each=args.verify_each)
+                               verify_each=args.verify_each, schedule=args.schedule,
+                               schedule_input=args.schedule_input)
     else:
         with err_console.status("compiling", spinner="dots") as spinner:
             result = compile_model(args.model, args.target, pipeline=args.pipeline, bindings=bindings, inputs=inputs,
                                    output_dir=args.output, use_cache=not args.no_cache, gate=args.gate,
-                                   verify_each=args.verify_each,
+                                   verify_each=args.verify_each, schedule=args.schedule,
+                                   schedule_input=args.schedule_input,
                                    status=lambda message: spinner.update(f"[bold]{args.target}[/]: {message}"))
     summary = summarize(result)
     if args.json:
@@ -73,7 +79,8 @@ def summarize(result) -> dict:
             "nodes_before": m["graph"]["nodes_before"], "nodes_after": m["graph"]["nodes_after"],
             "build_seconds": m["build"]["seconds"], "passes": m["pass_log"],
             "verification": {"verdict": m["verification"]["verdict"], "metrics": m["verification"]["metrics"],
-                             "inputs": m["verification"]["inputs"]}}
+                             "inputs": m["verification"]["inputs"]},
+            **({"routes": m["routes"]} if m.get("routes") else {})}
 
 
 def show(result, summary: dict) -> None:
@@ -94,6 +101,11 @@ def show(result, summary: dict) -> None:
         metrics.add_row(name, "x".join(map(str, x.shape)), f"{x.max_abs:.3g}", f"{x.max_rel:.3g}", f"{x.cosine:.7f}",
                         f"{x.psnr_db:.1f}", f"{x.nan}/{x.inf}")
     console.print(metrics)
+    if summary.get("routes"):
+        from vidcc.specialize import routes_tables
+
+        for table in routes_tables(summary["routes"]):
+            console.print(table)
     status = "[green]passed[/]" if result.verdict.passed else "[red]FAILED[/]"
     cached = " (cached)" if result.cached else ""
     console.print(f"{summary['target']}: {summary['nodes_before']} -> {summary['nodes_after']} nodes, "

@@ -10,6 +10,8 @@ def add_parser(sub):
     p.add_argument("artifact", help="an artifact directory (from `vidcc compile -o DIR` or the cache)")
     p.add_argument("--inputs", metavar="FILE.npz", help="inputs by name (default: the artifact's verification "
                    "inputs, whose outputs are then checked against the verified ones)")
+    p.add_argument("--step", type=int, metavar="K", help="for an artifact with one engine per routing decision "
+                   "(compiled with --bind/--schedule): the sampler step to run; its bound values are fed")
     p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -29,7 +31,20 @@ def run(args) -> int:
     if feeds is None:
         raise VidccError(f"artifact '{args.artifact}' holds no sample inputs; pass --inputs FILE.npz")
     V.check_feeds(feeds, artifact.manifest["graph"]["inputs"])
-    runner = artifact.runner()
+    from vidcc import specialize
+
+    step_row = None
+    if specialize.is_routed(artifact.manifest):
+        step = args.step if args.step is not None else specialize.step_for_feeds(artifact.manifest, feeds)
+        if step is None:
+            raise VidccError("this artifact has one engine per routing decision: give --step K")
+        stored = stored and step == artifact.manifest["verification"]["inputs"].get("step", 0)
+        runner, step_row = specialize.engine_runner(artifact, step)
+        feeds = specialize.bind_step(artifact.manifest, feeds, step)
+    elif args.step is not None:
+        raise VidccError("--step applies to artifacts compiled with --bind/--schedule and routers; this one has one engine")
+    else:
+        runner = artifact.runner()
     try:
         outputs = runner.run(feeds)
     except VidccError:
@@ -48,11 +63,13 @@ def run(args) -> int:
                 "mean": float(v.mean()) if v.size and v.dtype.kind in "fiub" else None} for k, v in outputs.items()}
     if args.json:
         print_json({"artifact": str(artifact.path), "target": artifact.target_name, "outputs": rows,
-                    "written": args.output, "max_abs_diff_to_verified": reproduced})
+                    "written": args.output, "max_abs_diff_to_verified": reproduced,
+                    **({"step": step_row} if step_row else {})})
         return 0
     from rich.table import Table
 
-    table = Table(title=f"{artifact.target_name} outputs")
+    where = f" — step {step_row['step']}, engine {step_row['engine']}" if step_row else ""
+    table = Table(title=f"{artifact.target_name} outputs{where}")
     for col in ("output", "shape", "dtype", "min", "max", "mean") + (("vs verified",) if reproduced else ()):
         table.add_column(col)
     for k, r in rows.items():
