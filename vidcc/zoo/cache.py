@@ -22,12 +22,15 @@ META = "meta.json"
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """`cache_dir`, else $VIDCC_CACHE_DIR, else $XDG_CACHE_HOME/vidcc or ~/.cache/vidcc; the zoo uses `zoo/`."""
+    """The zoo's cache directory: `cache_dir/zoo` if given, else $VIDCC_ZOO_CACHE_DIR (used as is: lets
+    tests isolate vidcc's other caches yet share exports), else $VIDCC_CACHE_DIR/zoo, else
+    ~/.cache/vidcc/zoo."""
+    if cache_dir is None and os.environ.get("VIDCC_ZOO_CACHE_DIR"):
+        return Path(os.environ["VIDCC_ZOO_CACHE_DIR"]).expanduser()
     if cache_dir is None:
-        cache_dir = os.environ.get("VIDCC_CACHE_DIR")
+        cache_dir = os.environ.get("VIDCC_CACHE_DIR") or None
     if cache_dir is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        cache_dir = os.path.join(base, "vidcc")
+        cache_dir = Path.home() / ".cache" / "vidcc"  # as vidcc.artifact does
     return Path(cache_dir).expanduser() / "zoo"
 
 
