@@ -17,12 +17,13 @@ added, the tag counts, and errors where a runtime refuses a graph. JSON: bench/r
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after an installed vidcc, for bench._results
 
 import numpy as np  # noqa: E402
 
@@ -94,11 +95,11 @@ def naive_fp16(graph):
     return float16.convert_float_to_float16(proto, keep_io_types=True)
 
 
-def bench_model(spec: str, dtypes: list[str], log) -> dict:
+def prepare(spec: str, work: Path) -> dict:
+    """Export, bind shapes, clean and fuse; save the fp32 graph, feeds and its ORT reference in work/."""
     from vidcc import onnx_io, zoo
     from vidcc.halfrun import min_cosine, run_ort
     from vidcc.pass_manager import PassContext, run_pipeline
-    from vidcc.precision_debug import NAIVE
 
     t0 = time.perf_counter()
     exp = zoo.export(spec)
@@ -109,52 +110,89 @@ def bench_model(spec: str, dtypes: list[str], log) -> dict:
     prep, target = prepare_spec(graph, feeds)
     run_pipeline(graph, prep, PassContext(target=target, calibration=[feeds]))
     row["prepare"] = prep
+    row["generated_dims_dropped"] = drop_generated_dims(graph)
     row["nodes"] = len(graph)
     row["ops"] = {op: n for op, n in graph.op_histogram().most_common(12)}
-    row["generated_dims_dropped"] = drop_generated_dims(graph)
-    row["casts_fp32_graph"] = base = _casts(graph)
+    row["casts_fp32_graph"] = _casts(graph)
     reference = run_ort(graph, feeds)
-    raw_ref = run_ort(exp.model_path, feeds)
-    row["cleanup_cosine_vs_raw"] = min_cosine(reference, raw_ref)
-    row["export_seconds"] = round(time.perf_counter() - t0, 1)
-    for dtype in dtypes:
-        entry: dict = {}
-        extra = ",keep_extra=[LayerNormalization]" if dtype == "bf16" else ""
-        g = graph.copy()
-        ctx = PassContext(calibration=[feeds])
-        t1 = time.perf_counter()
-        run_pipeline(g, f"tag-precision{{dtype={dtype}{extra}}},materialize-precision", ctx)
-        tag, mat = ctx.log[0].stats, ctx.log[1].stats
-        entry["vidcc"] = {"spec": f"tag-precision{{dtype={dtype}{extra}}},materialize-precision",
-                          "pass_seconds": round(time.perf_counter() - t1, 2),
-                          "casts_inserted": mat.get("casts_inserted"), "casts_added": _casts(g) - base,
-                          "tags": {k: v for k, v in tag.items() if k not in ("dtype",)},
-                          "opset_raised_to": mat.get("opset_raised_to")}
-        if dtype == "fp16":
-            entry["vidcc"]["ort_cpu_cosine_upcast"] = min_cosine(run_ort(g, feeds), reference)
-        cos, err, secs = _tvm_cosine(onnx_io.to_proto(g), feeds, reference)
-        entry["vidcc"].update({"tvm_llvm_cosine": cos, "tvm_error": err, "tvm_seconds": round(secs, 1),
-                               "gate": GATES[dtype], "passes_gate": cos is not None and cos >= GATES[dtype]})
-        log(f"  {dtype} vidcc: cosine {cos} casts +{entry['vidcc']['casts_added']} {err or ''}")
-        # naive conversion of the same graph
-        try:
-            if dtype == "fp16":
-                proto = naive_fp16(graph)
-                how = "onnxconverter-common float16.convert_float_to_float16(keep_io_types=True)"
-                n_casts = sum(1 for n in proto.graph.node if n.op_type == "Cast") - base
-            else:
-                gn = graph.copy()
-                run_pipeline(gn, f"tag-precision{{dtype=bf16,{NAIVE}}},materialize-precision", PassContext())
-                proto, how, n_casts = onnx_io.to_proto(gn), "every float node bf16 (tag-precision, rules off)", _casts(gn) - base
-            cos, err, secs = _tvm_cosine(proto, feeds, reference)
-            entry["naive"] = {"how": how, "casts_added": n_casts, "tvm_llvm_cosine": cos, "tvm_error": err,
-                              "tvm_seconds": round(secs, 1)}
-        except Exception as exc:
-            entry["naive"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-        log(f"  {dtype} naive: cosine {entry['naive'].get('tvm_llvm_cosine')} casts +{entry['naive'].get('casts_added')} "
-            f"{entry['naive'].get('tvm_error') or entry['naive'].get('error') or ''}")
-        row[dtype] = entry
+    row["prepared_cosine_vs_raw_export"] = min_cosine(reference, run_ort(exp.model_path, feeds))
+    row["prepare_seconds"] = round(time.perf_counter() - t0, 1)
+    d = work / spec.replace(":", "_")
+    d.mkdir(parents=True, exist_ok=True)
+    onnx_io.save(graph, d / "model.onnx")
+    np.savez(d / "inputs.npz", **feeds)
+    np.savez(d / "reference.npz", **reference)
+    (d / "prepare.json").write_text(json.dumps(row, default=str))
     return row
+
+
+def measure(spec: str, dtype: str, variant: str, work: Path) -> dict:
+    """One (model, dtype, vidcc|naive) measurement on TVM llvm from the prepared graph."""
+    from vidcc import onnx_io
+    from vidcc.halfrun import min_cosine, run_ort
+    from vidcc.pass_manager import PassContext, run_pipeline
+    from vidcc.precision_debug import NAIVE
+
+    d = work / spec.replace(":", "_")
+    graph = onnx_io.load(d / "model.onnx")
+    feeds, reference = dict(np.load(d / "inputs.npz")), dict(np.load(d / "reference.npz"))
+    base = _casts(graph)
+    out: dict = {"model": spec, "dtype": dtype, "variant": variant}
+    t1 = time.perf_counter()
+    if variant == "vidcc":
+        extra = ",keep_extra=[LayerNormalization]" if dtype == "bf16" else ""
+        spec_str = f"tag-precision{{dtype={dtype}{extra}}},materialize-precision"
+        ctx = PassContext(calibration=[feeds])
+        run_pipeline(graph, spec_str, ctx)
+        tag, mat = ctx.log[0].stats, ctx.log[1].stats
+        out.update({"how": spec_str, "pass_seconds": round(time.perf_counter() - t1, 2),
+                    "casts_inserted": mat.get("casts_inserted"), "casts_added": _casts(graph) - base,
+                    "tags": {k: v for k, v in tag.items() if k != "dtype"},
+                    "opset_raised_to": mat.get("opset_raised_to")})
+        if dtype == "fp16":
+            out["ort_cpu_cosine_upcast"] = min_cosine(run_ort(graph, feeds), reference)
+        proto = onnx_io.to_proto(graph)
+    elif dtype == "fp16":
+        proto = naive_fp16(graph)
+        out["how"] = "onnxconverter-common float16.convert_float_to_float16(keep_io_types=True)"
+        out["casts_added"] = sum(1 for n in proto.graph.node if n.op_type == "Cast") - base
+    else:
+        run_pipeline(graph, f"tag-precision{{dtype=bf16,{NAIVE},keep_extra=[LayerNormalization]}},materialize-precision",
+                     PassContext())
+        out["how"] = ("every float node bf16 but LayerNormalization (TVM has no bf16 layer_norm): tag-precision "
+                      "with every rule off; no bf16 converter exists")
+        out["casts_added"] = _casts(graph) - base
+        proto = onnx_io.to_proto(graph)
+    cos, err, secs = _tvm_cosine(proto, feeds, reference)
+    out.update({"tvm_llvm_cosine": cos, "tvm_error": err, "tvm_seconds": round(secs, 1), "gate": GATES[dtype],
+                "passes_gate": cos is not None and cos >= GATES[dtype]})
+    return out
+
+
+def _task(args):
+    kind, spec, dtype, variant, work = args
+    try:
+        if kind == "prepare":
+            return prepare(spec, Path(work))
+        done = Path(work) / spec.replace(":", "_") / f"{dtype}_{variant}.json"
+        if done.is_file():  # resumable: a measurement already made is kept
+            return json.loads(done.read_text())
+        out = measure(spec, dtype, variant, Path(work))
+        done.write_text(json.dumps(out, default=str))
+        return out
+    except Exception as exc:
+        traceback.print_exc()
+        return {"model": spec, "dtype": dtype, "variant": variant, "phase": kind,
+                "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _pool(tasks, jobs):
+    if jobs <= 1:
+        return [_task(t) for t in tasks]
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+        return list(pool.imap(_task, tasks))
 
 
 def main() -> int:
@@ -164,22 +202,39 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(ENTRIES), help="zoo entries, comma-separated")
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--dtypes", default="fp16,bf16")
+    parser.add_argument("--variants", default="vidcc,naive")
+    parser.add_argument("--phase", choices=["prepare", "measure", "all"], default="all",
+                        help="prepare graphs, measure them (resumable: done measurements are kept), or both")
+    parser.add_argument("--work", default="/tmp/vidcc-bench-precision", help="prepared graphs between phases")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel processes (one model/dtype/variant each)")
     parser.add_argument("--name", default="precision", help="result file name under bench/results/")
+    parser.add_argument("--out", default="", help="also write the JSON here (e.g. on a remote machine)")
     args = parser.parse_args()
-    rows, start = [], time.time()
-    for size in args.sizes.split(","):
-        for model in args.models.split(","):
-            spec = f"{model}:{size}"
-            print(spec, flush=True)
-            try:
-                rows.append(bench_model(spec, args.dtypes.split(","), lambda s: print(s, flush=True)))
-            except Exception as exc:
-                traceback.print_exc()
-                rows.append({"model": spec, "error": f"{type(exc).__name__}: {exc}"[:500]})
-    path = write_result(args.name, {
-        "runtime": "TVM Relax 0.27 LLVM CPU (fp16 computed in half; bf16 legalized to fp32 math rounded to bf16 "
-                   "per op); reference: the cleaned fp32 graph on ONNX Runtime CPU",
-        "gates": GATES, "rows": rows, "seconds": round(time.time() - start, 1)})
+    work = Path(args.work)
+    specs = [f"{m}:{s}" for s in args.sizes.split(",") for m in args.models.split(",")]
+    start = time.time()
+    if args.phase in ("prepare", "all"):
+        todo = [s for s in specs if not (work / s.replace(":", "_") / "prepare.json").is_file()]
+        for row in _pool([("prepare", s, "", "", str(work)) for s in todo], args.jobs):
+            print(json.dumps(row, default=str)[:400], flush=True)
+        if args.phase == "prepare":
+            return 0
+    tasks = [("measure", s, dt, v, str(work)) for s in specs for dt in args.dtypes.split(",")
+             for v in args.variants.split(",") if (work / s.replace(":", "_") / "model.onnx").is_file()]
+    rows = []
+    for spec in specs:
+        f = work / spec.replace(":", "_") / "prepare.json"
+        rows.append(json.loads(f.read_text()) if f.is_file() else {"model": spec, "error": "not prepared"})
+    by_spec = {r["model"]: r for r in rows}
+    for m in _pool(tasks, args.jobs):
+        print(json.dumps(m, default=str)[:400], flush=True)
+        by_spec[m["model"]].setdefault(m["dtype"], {})[m["variant"]] = m
+    data = {"runtime": "TVM Relax 0.27 LLVM CPU (fp16 computed in half; bf16 legalized to fp32 math rounded to "
+                       "bf16 per op); reference: the prepared fp32 graph on ONNX Runtime CPU",
+            "gates": GATES, "rows": rows, "seconds": round(time.time() - start, 1)}
+    path = write_result(args.name, data)
+    if args.out:
+        Path(args.out).write_text(json.dumps(data, indent=2, default=str))
     print(f"wrote {path}")
     return 0
 
