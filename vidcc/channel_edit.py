@@ -184,9 +184,7 @@ def _rewrite_shape(graph: Graph, an: Analysis, node, slot: int, values: dict[int
     for pslot, piece in enumerate(list(concat.inputs)):
         ps = an.sym(piece)
         hits = {p - offset: v for p, v in values.items() if offset <= p < offset + len(ps)}
-        if hits:
-            arr = np.array([e[1] for e in ps], dtype=np.int64)
-            for p, v in hits.items():
-                arr[p] = v
+        if hits:  # a constant piece, or a one-entry piece computed from channel counts: replaced
+            arr = np.array([hits[i] if i in hits else e[1] for i, e in enumerate(ps)], dtype=np.int64)
             graph.set_input(concat, pslot, graph.add_constant(arr, piece + "_pruned"))
         offset += len(ps)

@@ -231,12 +231,16 @@ def runtime_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, tupl
     g.io_meta = {k: v for k, v in graph.io_meta.items() if k in graph.inputs}
     g.outputs = []
     out_of: dict[str, str] = {}
+    taken = g.tensor_names()
+    stem = "__vidcc_shape_"
+    while any(t.startswith(stem) for t in taken):
+        stem = "_" + stem
     for node in graph.toposort():
         for t in node.outputs:
-            if not t or g.type_of(t).dtype in (0, TensorProto.STRING):
+            if not t or g.type_of(t).dtype == TensorProto.STRING:
                 continue
-            s = g.add_node("Shape", [t], [g.unique_name(f"__shape_{len(out_of)}")], name=f"__shape_{len(out_of)}",
-                           types=[TensorType(TensorProto.INT64, None)])
+            name = f"{stem}{len(out_of)}"
+            s = g.add_node("Shape", [t], [name], name=name, types=[TensorType(TensorProto.INT64, None)])
             g.outputs.append(s.outputs[0])
             out_of[s.outputs[0]] = t
     if not g.outputs:
@@ -280,8 +284,10 @@ class Analysis:
         self.multi: list[np.ndarray] = []  # multi-dim ids arrays to make rectangular at the end
         self._poison: list[tuple[np.ndarray, str]] = []
         self._lossy: list[tuple[np.ndarray, str]] = []
+        self._tags: list[tuple[np.ndarray, str]] = []
         self._sym: dict[str, list] = {}
-        self._tainted: dict[str, str] = {}  # int tensor -> the channel tensor whose Shape it carries
+        self._tainted: dict[str, list] = {}  # int tensor -> the (tensor, axis) channel counts it carries
+        self._reads: list[tuple[str, int, str]] = []  # channel counts read by arbitrary ops
         if shapes is None and feeds:
             shapes = runtime_shapes(graph, feeds)
         self._shapes = shapes or {}
@@ -313,10 +319,23 @@ class Analysis:
     def lossy(self, ids: np.ndarray, reason: str) -> None:
         self._lossy.append((np.asarray(ids).ravel(), reason))
 
+    def tag(self, ids: np.ndarray, what: str) -> None:
+        """Mark channels as part of a structure ("groupnorm" group, attention "head")."""
+        self._tags.append((np.asarray(ids).ravel(), what))
+
     def new_ids(self, n: int) -> np.ndarray:
         return self.uf.new(n)
 
     def set_info(self, t: str, info: ChanInfo, state: np.ndarray | None = None) -> None:
+        if len(info.axes) > 1 and not info.hidden and 1 in info.dims:
+            # an axis holding a single channel (a Split/Slice piece of a [.., 6, C] block) is not a
+            # channel axis any more: its channel can only go with the whole tensor
+            keep = [k for k, d in enumerate(info.dims) if d != 1] or [0]
+            drop = tuple(k for k in range(len(info.axes)) if k not in keep)
+            info = ChanInfo(tuple(info.axes[k] for k in keep), info.ids.squeeze(axis=drop))
+            if state is not None:
+                state = np.broadcast_to(state, info.ids.shape[:0] + np.shape(state)).squeeze(axis=drop) \
+                    if np.ndim(state) == len(keep) + len(drop) else state
         shape = self.shape(t)
         if shape is not None and (max(info.axes) >= len(shape) or tuple(shape[a] for a in info.axes) != info.dims):
             raise Refuse(f"channel count of '{t}' does not match its shape {shape}")
@@ -373,7 +392,24 @@ class Analysis:
                 self.poison(self.info[t].ids, f"reaches graph output '{t}'")
         for ids in self.multi:
             self._rectangular(ids)
+        self._check_reads()
         self._finish()
+
+    def _check_reads(self) -> None:
+        """A count read as a value is harmless when that dim can never shrink: every line of ids
+        along it is one class (a head's dims when heads go whole); otherwise its channels stay."""
+        roots = self.uf.roots
+        for src, axis, reason in self._reads:
+            info = self.info[src]
+            if axis in info.axes:
+                k = info.axes.index(axis)
+                lines = np.moveaxis(roots[info.ids[..., 0] if info.hidden else info.ids], k, -1)
+                lines = lines.reshape(-1, lines.shape[-1])
+                if bool((lines == lines[:, :1]).all()) and lines.shape[0] > 1:
+                    continue
+            elif info.hidden:
+                continue  # the hidden dim is always one unit per position: it never shrinks
+            self.poison(info.ids, reason)
 
     def _rectangular(self, ids: np.ndarray) -> None:
         """A reshape of channels into several axes stays valid only if the kept ids form a product:
@@ -391,6 +427,10 @@ class Analysis:
             for r in np.unique(roots[ids]).tolist():
                 if len(self.blocked[r]) < 4 and reason not in self.blocked[r]:
                     self.blocked[r].append(reason)
+        self.tags: dict[int, set[str]] = defaultdict(set)
+        for ids, what in self._tags:
+            for r in np.unique(roots[ids]).tolist():
+                self.tags[r].add(what)
         self.lossy_reasons: dict[int, list[str]] = defaultdict(list)
         for ids, reason in self._lossy:
             for r in np.unique(roots[ids]).tolist():
@@ -478,8 +518,7 @@ class Analysis:
                                                 or (node.op_type == "Slice" and slot in (1, 2))):
                 continue  # the rule proves these or refuses
             for src, axis in self._tainted[t]:
-                info = self.info[src]
-                self.poison(info.ids, f"the channel count of '{src}' is read by {node.op_type} at {node.label}")
+                self._reads.append((src, axis, f"the channel count of '{src}' is read by {node.op_type} at {node.label}"))
 
     # ---- shape-input resolution -------------------------------------------------------------------
     def shape_site(self, node: Node, slot: int, out: str, positions: list[int], dims: list[int],
@@ -504,14 +543,21 @@ class Analysis:
                 edit.append(False)
             elif e[0] == "c":
                 edit.append(True)
-            elif e[0] == "d":
-                src = self.info.get(e[1])
-                if src is None or e[2] not in src.axes or len(src.axes) != 1 or src.hidden \
-                        or out_info.ids.ndim != 1 or src.ids.shape != out_info.ids.shape:
-                    raise Refuse(f"a channel size of {node.op_type} comes from the shape of '{e[1]}', which "
-                                 "is not the same channel space")
-                self.uf.union(src.ids, out_info.ids)
-                edit.append(False)
+            elif e[0] == "d" and self._is_channel_dim(e[1], e[2]):
+                src = self.info[e[1]]
+                same = len(src.axes) == 1 and not src.hidden and out_info.ids.ndim == 1 \
+                    and src.ids.shape == out_info.ids.shape
+                if same and self.sym(target) == [el for el in elems] and self.graph.producer(target) is not None \
+                        and self.graph.producer(target).op_type == "Shape":
+                    self.uf.union(src.ids, out_info.ids)  # reshape_as: follows by itself
+                    edit.append(False)
+                elif same and not self._piece_replaceable(target, p):
+                    self.uf.union(src.ids, out_info.ids)
+                    edit.append(False)
+                else:
+                    edit.append(True)  # a channel count is a property of the weights: write the new one
+            elif self._piece_replaceable(target, p):
+                edit.append(True)
             else:
                 raise Refuse(f"coupling through {node.op_type} not provable: its channel size is computed at run time")
         if any(edit) and not self._editable(target, [p for p, e in zip(positions, edit) if e]):
@@ -519,20 +565,57 @@ class Analysis:
         if any(edit):
             self.shape_sites.append(ShapeSite(node.id, slot, out, list(positions), list(dims), edit))
 
-    def _editable(self, target: str, positions: list[int]) -> bool:
-        elems = self.sym(target)
-        if all(e[0] == "c" for e in elems):
+    def _is_channel_dim(self, t: str, axis: int) -> bool:
+        info = self.info.get(t)
+        return info is not None and (axis in info.axes or (info.hidden and axis == info.axes[-1] + 1))
+
+    def _weights_only(self, t: str, depth: int = 0) -> bool:
+        """Whether an int tensor depends only on constants and channel counts (which the weights fix)."""
+        if depth > 16:
+            return False
+        if self.const(t) is not None:
             return True
+        elems = self.sym(t)
+        if elems is not None and all(e[0] == "c" or (e[0] == "d" and self._is_channel_dim(e[1], e[2])) for e in elems):
+            return True
+        node = self.graph.producer(t)
+        if node is None or not (node.op_type in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Concat") or
+                                node.op_type in INT_ARITH):
+            return False
+        return all(self._weights_only(i, depth + 1) for i in node.inputs if i)
+
+    def _piece_of(self, target: str, p: int) -> tuple[str, int, int] | None:
+        """(piece tensor, its offset, its length) holding entry p of a Concat-built shape."""
         node = self.graph.producer(target)
         if node is None or node.op_type != "Concat":
-            return False
+            return None
         offset = 0
         for piece in node.inputs:
             ps = self.sym(piece)
-            n = len(ps)
-            if any(offset <= p < offset + n for p in positions) and not all(e[0] == "c" for e in ps):
+            if ps is None:
+                return None
+            if offset <= p < offset + len(ps):
+                return piece, offset, len(ps)
+            offset += len(ps)
+        return None
+
+    def _piece_replaceable(self, target: str, p: int) -> bool:
+        found = self._piece_of(target, p)
+        return found is not None and found[2] == 1 and self._weights_only(found[0])
+
+    def _editable(self, target: str, positions: list[int]) -> bool:
+        """Edited entries live in constants, or in one-entry Concat pieces computed from weights."""
+        elems = self.sym(target)
+        if all(e[0] == "c" for e in elems):
+            return True
+        for p in positions:
+            found = self._piece_of(target, p)
+            if found is None:
                 return False
-            offset += n
+            piece, offset, n = found
+            ps = self.sym(piece)
+            if not (all(e[0] == "c" for e in ps) or (n == 1 and self._weights_only(piece))):
+                return False
         return True
 
 
@@ -684,7 +767,11 @@ def rule_elementwise(an: Analysis, node: Node) -> None:
             raise Refuse(f"input '{t}' varies along a grouped channel axis")
         if arr is None:
             if spans:
-                raise Refuse(f"{node.op_type} combines the channels with '{t}', which spans them but is not traced")
+                spanned = [k for k, a in enumerate(axes) if a - off >= 0 and shape[a - off] != 1]
+                if len(spanned) == len(axes):
+                    raise Refuse(f"{node.op_type} combines the channels with '{t}', which spans them but is not traced")
+                for k in spanned:  # e.g. rotary cos/sin over head_dim: fine while head_dim never shrinks
+                    an.uf.union_lines(base.ids, k)
             states[slot] = np.nan
             continue
         if node.op_type == "Where" and slot == 0:
@@ -867,6 +954,7 @@ def _matmul_dynamic(an, node, a, b, ra, rb, ai, bi) -> None:
         # heads: a batch channel couples every channel of its slice
         for info, kinds in ((ai, kinds_a), (bi, kinds_b)):
             if "batch" in kinds:
+                an.tag(info.ids, "head")
                 for k, kd in enumerate(kinds):
                     if kd != "batch":
                         an.uf.union_lines(info.ids, k)
@@ -895,11 +983,16 @@ def _matmul_dynamic(an, node, a, b, ra, rb, ai, bi) -> None:
     if not keep:
         return
     ids = info.ids
+    state = (an.state_of(a if which == "a" else b) == 0) if an.values else None  # a zero row/column stays 0
     for k in sorted((k for k, kd in enumerate(kinds) if kd == "k"), reverse=True):
         ids = np.take(ids, 0, axis=k)
+        if state is not None:
+            state = state.all(axis=k)
     axes = [role[(which, k)][1] for k in keep]
     order = np.argsort(axes)
-    an.set_info(node.outputs[0], ChanInfo(tuple(int(axes[i]) for i in order), ids.transpose(order)))
+    if state is not None:
+        state = np.where(state.transpose(order), 0.0, np.nan)
+    an.set_info(node.outputs[0], ChanInfo(tuple(int(axes[i]) for i in order), ids.transpose(order)), state)
 
 
 def rule_transpose(an: Analysis, node: Node) -> None:
@@ -1227,6 +1320,7 @@ def rule_groupnorm(an: Analysis, node: Node) -> None:
         raise Refuse("GroupNormalization groups do not divide the channels")
     rows = info.ids.reshape(G, C // G)
     an.uf.union_lines(rows, 1)  # a group is removed whole: the other groups' statistics stay exact
+    an.tag(rows, "groupnorm")
     an.attr_sites.append(AttrSite(node.id, "num_groups", node.outputs[0], 0, C // G))
     state_scale = {}
     for slot, role in ((1, SCALE), (2, ADD)):
@@ -1257,6 +1351,7 @@ def rule_instancenorm(an: Analysis, node: Node) -> None:
     rows = info.ids.reshape(info.ids.shape[0], -1)
     if info.hidden:
         an.uf.union_lines(info.ids, info.ids.ndim - 1)
+        an.tag(info.ids, "groupnorm")
     for slot, role in ((1, SCALE), (2, ADD)):
         arr = an.const(node.inputs[slot])
         if arr is None or arr.size != rows.shape[0]:
@@ -1562,7 +1657,10 @@ def rule_mha(an: Analysis, node: Node) -> None:
     an.uf.union_lines(q, 1)
     an.uf.union_lines(v, 1)
     an.uf.union(q[:, 0], v[:, 0])
-    an.set_info(node.outputs[0], infos[2])
+    an.tag(q, "head")
+    # the output is a convex combination of V: a zero V channel stays zero
+    state = np.where(an.state_of(node.inputs[2]) == 0, 0.0, np.nan) if an.values else None
+    an.set_info(node.outputs[0], infos[2], state)
     for attr in (["num_heads"] if node.domain == MS else ["q_num_heads", "kv_num_heads"]):
         an.attr_sites.append(AttrSite(node.id, attr, node.outputs[0], 0, v.shape[1]))
 
