@@ -160,8 +160,8 @@ def select(an: Analysis, groups: list[Group], score: np.ndarray, *, ratio: float
             target = n * (1 - ratio)
             floor_keep = n - len(cands)
             options = [k for k in range(max(1, floor_keep), n + 1) if k % step == 0 or k == n]
-            aligned = [k for k in options if k % step == 0]
-            if not aligned:  # too few classes to align: prune by ratio alone
+            aligned = [k for k in options if k % step == 0 and k < n]
+            if not aligned:  # no aligned width below the full one: prune by ratio alone
                 options = list(range(max(1, floor_keep), n + 1))
                 notes.append({"kind": "note", "group": _group_name(an, grp),
                               "reason": f"round_to={round_to} not reachable with {n} classes of {sorted(set(units.values()))}"})
