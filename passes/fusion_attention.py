@@ -34,28 +34,89 @@ def _attention_rules(rewrite, check) -> list[Rule]:
     rules = []
     for kform in ("legacy", "dynamo", "generic"):
         for scaling in ("both", "scores-mul", "scores-div", "q", "none"):
-            q = _split_heads(Var("q"), "q")
-            kt = _k_transposed(kform)
-            if scaling == "both":
-                scores = P("MatMul", P("Mul", q, Const("q_scale"), name="q_scaled"),
-                           P("Mul", kt, Const("k_scale"), name="k_scaled"), name="qk")
-            elif scaling == "q":
-                scores = P("MatMul", P("Mul", q, Const("q_scale"), name="q_scaled"), kt, name="qk")
-            else:
-                scores = P("MatMul", q, kt, name="qk")
-                if scaling == "scores-mul":
-                    scores = P("Mul", scores, Const("s_scale"), name="scaled_scores")
-                elif scaling == "scores-div":
-                    scores = P("Div", scores, Const("s_div"), name="scaled_scores")
+            scores = _scaled_scores(_split_heads(Var("q"), "q"), _k_transposed(kform), scaling)
             probs = P("Softmax", scores, name="softmax")
             out = P("MatMul", probs, _split_heads(Var("v"), "v"), name="pv")
             merged = P("Reshape", P("Transpose", out, name="merge_heads", perm=HEADS), Var(), name="merge")
             rules.append(Rule("Attention", merged, rewrite, check, anchor="softmax", form=f"{kform}/{scaling}"))
+    # Heads already split upstream (e.g. Wan: RMSNorm and rotary embedding on [B, S, H, D] before the
+    # transpose): match from the 4-D q, k, v and emit Attention-23's 4-D form.
+    for kform in ("dynamo", "generic"):
+        for scaling in ("both", "scores-mul", "scores-div", "q", "none"):
+            k4 = Var("k4")
+            if kform == "dynamo":
+                kt = P("Reshape", P("Transpose", P("Reshape", k4, Var(), name="k_flat"), name="k_t", perm=[0, 2, 1]),
+                       Var(), name="k_unflat")
+            else:
+                kt = P("Transpose", k4, name="k_t", perm=[0, 1, 3, 2])
+            q = Var("q4")
+            scores = _scaled_scores(q, kt, scaling)
+            out = P("MatMul", P("Softmax", scores, name="softmax"), Var("v4"), name="pv")
+            rules.append(Rule("Attention", out, rewrite, check, anchor="softmax", form=f"4d-{kform}/{scaling}"))
     return rules
+
+
+def _scaled_scores(q, kt, scaling: str):
+    if scaling == "both":
+        return P("MatMul", P("Mul", q, Const("q_scale"), name="q_scaled"), P("Mul", kt, Const("k_scale"), name="k_scaled"),
+                 name="qk")
+    if scaling == "q":
+        return P("MatMul", P("Mul", q, Const("q_scale"), name="q_scaled"), kt, name="qk")
+    scores = P("MatMul", q, kt, name="qk")
+    if scaling == "scores-mul":
+        return P("Mul", scores, Const("s_scale"), name="scaled_scores")
+    if scaling == "scores-div":
+        return P("Div", scores, Const("s_div"), name="scaled_scores")
+    return scores
+
+
+def _scale(m: Match, g: Graph):
+    scale = 1.0  # softmax(q k^T) without a scale: an explicit scale of 1
+    for name in ("q_scale", "k_scale", "s_scale"):
+        if name in m:
+            v = scalar(g, m[name])
+            if v is None:
+                return f"{name} is not a scalar constant"
+            scale *= v
+    if "s_div" in m:
+        v = scalar(g, m["s_div"])
+        if not v:
+            return "score divisor is not a non-zero scalar constant"
+        scale /= v
+    return scale
+
+
+def _softmax_ok(m: Match, g: Graph) -> str | None:
+    axis = m.node("softmax").attr("axis", -1)
+    if axis not in (-1, 3) or g.opsets.get("", 1) < 13:
+        return f"Softmax over axis {axis} (opset {g.opsets.get('', 1)}), not the key axis"
+    return None
+
+
+def _geometry_4d(m: Match, g: Graph):
+    """(heads, head_dim, scale) for already-split [B, H, S, D] q, k, v."""
+    q, k, v = (g.type_of(m[t]).shape for t in ("q4", "k4", "v4"))
+    if any(s is None or len(s) != 4 for s in (q, k, v)):
+        return "q, k, v are not 4-D [batch, heads, seq, head_dim]"
+    if not (isinstance(q[1], int) and q[1] == k[1] == v[1]):
+        return f"head counts differ or are not static (q {q}, k {k}, v {v})"
+    if not (isinstance(q[3], int) and q[3] == k[3]) or k[2] != v[2]:
+        return f"q/k head sizes or k/v lengths differ (q {q}, k {k}, v {v})"
+    if "k_flat" in m:
+        back = g.type_of(m.node("k_unflat").outputs[0]).shape
+        if back is None or list(back) != [k[0], k[1], k[3], k[2]]:
+            return f"K transpose round trip ends as {back}, not {[k[0], k[1], k[3], k[2]]}"
+    why = _softmax_ok(m, g)
+    if why:
+        return why
+    scale = _scale(m, g)
+    return scale if isinstance(scale, str) else (q[1], q[3], scale)
 
 
 def _geometry(m: Match, g: Graph):
     """(heads, head_dim, scale) of a match, or why it is not plain multi-head attention."""
+    if "q4" in m:
+        return _geometry_4d(m, g)
     dims = {}
     for t in ("q", "k", "v"):
         shape = g.type_of(m[t]).shape
@@ -81,33 +142,22 @@ def _geometry(m: Match, g: Graph):
         back = g.type_of(m.node("k_unflat").outputs[0]).shape
         if back is None or len(back) != 4 or back[1] != hk or back[2] != dk:
             return f"K transpose round trip ends as {back}, not [B, {hk}, {dk}, Sk]"
-    axis = m.node("softmax").attr("axis", -1)
-    if axis not in (-1, 3) or g.opsets.get("", 1) < 13:
-        return f"Softmax over axis {axis} (opset {g.opsets.get('', 1)}), not the key axis"
+    why = _softmax_ok(m, g)
+    if why:
+        return why
     merged = g.type_of(m.node("merge").outputs[0]).shape
     if merged is None or len(merged) != 3 or merged[2] != hq * dq:
         return f"heads are merged into {merged}, not [batch, seq, {hq * dq}]"
-    scale = 1.0
-    for name in ("q_scale", "k_scale", "s_scale"):
-        if name in m:
-            v = scalar(g, m[name])
-            if v is None:
-                return f"{name} is not a scalar constant"
-            scale *= v
-    if "s_div" in m:
-        v = scalar(g, m["s_div"])
-        if not v:
-            return "score divisor is not a non-zero scalar constant"
-        scale /= v
-    if "q_scale" not in m and "s_scale" not in m and "s_div" not in m:
-        scale = 1.0  # softmax(q k^T): an explicit scale of 1
+    scale = _scale(m, g)
+    if isinstance(scale, str):
+        return scale
     return hq, dq, scale
 
 
-def _choice(ctx, gate: OpsetGate, form: str):
-    """(op, domain) to emit, or why none can be."""
+def _choice(ctx, gate: OpsetGate, form: str, four_d: bool = False):
+    """(op, domain) to emit, or why none can be (MultiHeadAttention takes only 3-D q, k, v)."""
     want = [("MultiHeadAttention", MS), ("Attention", "")]
-    if form == "Attention":
+    if form == "Attention" or four_d:
         want = want[1:]
     elif form == "MultiHeadAttention":
         want = want[:1]
@@ -136,6 +186,8 @@ class FuseAttention(Pass):
       Div), or none; -> Softmax(-1) -> MatMul(v heads) -> Transpose(0,2,1,3) -> Reshape([B,S,H*D]);
     emitted as com.microsoft MultiHeadAttention where the target has it (ORT), else Attention-23
     with q_num_heads/kv_num_heads (the default domain is raised to 23 when every op stays valid).
+    - heads split upstream (Wan: RMSNorm and rotary embedding before the transpose): 4-D q, k, v
+      with K as Transpose(0,1,3,2) or dynamo's round trip -> Attention-23 on the 4-D tensors;
     Refused: masks or biases on the scores, differing head sizes, non-constant scales, or a target
     that takes neither op (TVM's ONNX importer takes no Attention-23).
     `form`: auto, MultiHeadAttention, Attention.
@@ -151,12 +203,17 @@ class FuseAttention(Pass):
             geo = _geometry(m, g)
             if isinstance(geo, str):
                 return geo
-            choice = _choice(c, gate, self.form)
+            choice = _choice(c, gate, self.form, "q4" in m)
             return choice if isinstance(choice, str) else None
 
         def rewrite(m, g, c):
             heads, head_dim, scale = _geometry(m, g)
-            op, domain = _choice(c, gate, self.form)
+            op, domain = _choice(c, gate, self.form, "q4" in m)
+            if "q4" in m:
+                gate.require("", 23)
+                node = emit(g, "Attention", [m["q4"], m["k4"], m["v4"]], like=m.node("softmax"), attrs={"scale": scale},
+                            suffix="Attention")
+                return [node.outputs[0]]
             if domain:
                 gate.require(domain, 1)
                 attrs = {"num_heads": heads, "scale": scale}

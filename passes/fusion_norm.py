@@ -269,7 +269,7 @@ def _layernorm_rules(rewrite, check) -> list[Rule]:
     rules = []
     for mul, add in _AFFINES:
         for core, form in _moments(Var("x"), "axes"):
-            rules.append(Rule("LayerNorm", _affine_tail(core, mul, add), rewrite, check, anchor="var", form=form))
+            rules.append(Rule("LayerNorm", _affine_tail(core, mul, add), rewrite, check, anchor="centered", form=form))
     return rules
 
 

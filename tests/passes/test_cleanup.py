@@ -190,3 +190,38 @@ def test_infer_shapes_rejects_conflicting_binding():
     graph = onnx_io.from_proto(parse(SHAPE_CHAIN))
     with pytest.raises(PassError, match="cannot bind"):
         run_pipeline(graph, "infer-shapes{shapes=[x:2x5x8]}", PassContext())
+
+
+def test_remove_noops():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 4] x) => (float[N, 4] y) {
+        s = Constant<value = int64[2] {1, 4}>()
+        e = Expand(x, s)
+        one = Constant<value = float {1.0}>()
+        m = Mul(e, one)
+        t1 = Transpose<perm = [1, 0]>(m)
+        t2 = Transpose<perm = [1, 0]>(t1)
+        z = Constant<value = float {0.0}>()
+        y = Add(z, t2)
+    }""")
+    graph, log = check(model, "fold-constants,remove-noops,dce", {"x": rand(3, 4)})
+    # y = x + 0 stays: the graph output y needs a node, and x is a graph input
+    assert ops(graph) == ["Add"] and graph.producer("y").inputs[1] == "x"
+    assert log["remove-noops"].stats == {"Expand": 1, "Mul by 1": 1, "Transpose chain": 1}
+
+
+def test_remove_noops_keeps_broadcasting_ones_and_reshape_chains_collapse():
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 6] x) => (float[3, 2, 2] y, float[2, 2, 6] w) {
+        a = Constant<value = int64[2] {3, 4}>()
+        b = Constant<value = int64[3] {3, 2, 2}>()
+        r1 = Reshape(x, a)
+        y = Reshape(r1, b)
+        ones = Constant<value = float[2, 1, 1] {1, 1}>()
+        w = Mul(x, ones)
+    }""")
+    graph, log = check(model, "fold-constants,remove-noops,dce", {"x": rand(2, 6)})
+    assert ops(graph) == ["Reshape", "Mul"]
+    assert log["remove-noops"].stats == {"Reshape chain": 1}
