@@ -201,7 +201,7 @@ def test_local_checkpoint_round_trip(tmp_path):
     local = zoo.export("svd-unet:tiny", exporter="legacy", weights=tmp_path / "ckpt")
     assert local.directory != random.directory and local.meta["weights"] == str(tmp_path / "ckpt")
     np.testing.assert_allclose(npz(local.reference_path)["out_sample"], npz(random.reference_path)["out_sample"],
-                               atol=1e-6)
+                               atol=1e-4)
     got = ort_run(local.model_path, npz(local.inputs_path))
     assert np.abs(got["out_sample"] - npz(local.reference_path)["out_sample"]).max() <= TOL
 

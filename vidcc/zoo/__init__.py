@@ -12,6 +12,7 @@ torch and diffusers load only when an export is actually built.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import shutil
@@ -179,6 +180,8 @@ def _build_into(tmp: Path, entry: Entry, size: str, exporter: str, opset: int, w
         exporters.run_export(built, exporter, opset, raw, external=external, family=entry.family,
                              extra=entry.extra, progress=say)
         timings["export_s"] = time.perf_counter() - start
+        built.module, built.experts = None, {}  # free the torch weights before onnx loads its copy
+        gc.collect()
         say(f"writing {spec}")
         info = dict(entry=entry.name, size=size, exporter=exporter, opset=opset,
                     zoo_version=cache.ZOO_VERSION, weights=str(weights) if weights else "random")

@@ -57,9 +57,9 @@ def reinit_(module: nn.Module, seed: int) -> None:
 def _from_pretrained(cls, weights: Path, subfolders: tuple[str, ...]):
     for sub in subfolders:
         if (weights / sub / "config.json").is_file():
-            return cls.from_pretrained(weights, subfolder=sub, torch_dtype=torch.float32)
+            return cls.from_pretrained(weights, subfolder=sub, torch_dtype=torch.float32, low_cpu_mem_usage=False)
     if (weights / "config.json").is_file():
-        return cls.from_pretrained(weights, torch_dtype=torch.float32)
+        return cls.from_pretrained(weights, torch_dtype=torch.float32, low_cpu_mem_usage=False)
     raise VidccError(f"no diffusers checkpoint in {weights} (looked for config.json in "
                      f"{', '.join([*subfolders, '.'])})")
 
