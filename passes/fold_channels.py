@@ -197,8 +197,22 @@ def layer_channels(an: Analysis, graph: Graph, removed: set[int]) -> list[dict]:
     return rows
 
 
-def fold(graph: Graph, feeds=None, *, exact: bool = True, shapes=None) -> PassResult:
+def shrunk_shapes(an: Analysis, shapes: dict[str, tuple]) -> dict[str, tuple]:
+    """Sample shapes after a removal: each channel tensor's channel dims replaced by what is left."""
+    out = dict(shapes)
+    for t, dims in getattr(an, "new_dims", {}).items():
+        if t in out:
+            s = list(out[t])
+            for a, d in zip(an.info[t].axes, dims):
+                s[a] = d
+            out[t] = tuple(s)
+    return out
+
+
+def fold(graph: Graph, feeds=None, *, exact: bool = True, shapes=None, analysis_out: list | None = None) -> PassResult:
     an = Analysis(graph, feeds, values=True, shapes=shapes)
+    if analysis_out is not None:
+        analysis_out.append(an)
     plan = plan_fold(an, exact)
     if not plan.removed:
         details = _refusals(an, graph, plan)

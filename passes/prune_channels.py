@@ -14,7 +14,7 @@ from vidcc.channels import ADD, CONSUMER, PRODUCER, Analysis, const_value, runti
 from vidcc.ir import Graph
 from vidcc.pass_manager import Pass, PassContext, PassResult
 
-from .fold_channels import fold, sample_feeds
+from .fold_channels import fold, sample_feeds, shrunk_shapes
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -357,8 +357,9 @@ class PruneChannels(Pass):
         before_layers, before = layer_costs(typed), totals(typed)
         del typed
         zero_classes(graph, an, chosen)
-        fold(graph, feeds, exact=False, shapes=shapes)  # zeroing changed values, not shapes
-        after_shapes = runtime_shapes(graph, feeds) if feeds else {}
+        used: list = []
+        fold(graph, feeds, exact=False, shapes=shapes, analysis_out=used)  # zeroing changed values, not shapes
+        after_shapes = shrunk_shapes(used[0], shapes or {})
         typed = _with_shapes(graph, after_shapes)
         after_layers, after = layer_costs(typed), totals(typed)
 

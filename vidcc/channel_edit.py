@@ -60,6 +60,7 @@ def apply_removal(graph: Graph, an: Analysis, removed: set[int]) -> dict[str, in
             if 0 in dims:
                 raise AssertionError(f"removal would leave '{t}' without channels")
             new_dims[t] = dims
+    an.new_dims = new_dims  # what each channel tensor's channel dims became (for cost reports)
     if not new_dims:
         return {}
 

@@ -246,7 +246,7 @@ def runtime_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, tupl
     if not g.outputs:
         return {}
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # requested outputs survive
     so.intra_op_num_threads = 2
     so.log_severity_level = 3
     sess = ort.InferenceSession(onnx_io.to_proto(g).SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -288,6 +288,7 @@ class Analysis:
         self._sym: dict[str, list] = {}
         self._tainted: dict[str, list] = {}  # int tensor -> the (tensor, axis) channel counts it carries
         self._reads: list[tuple[str, int, str]] = []  # channel counts read by arbitrary ops
+        self._follows: list[tuple[str, int, str, int, str]] = []  # shape entries read from other tensors
         if shapes is None and feeds:
             shapes = runtime_shapes(graph, feeds)
         self._shapes = shapes or {}
@@ -360,6 +361,10 @@ class Analysis:
         for node in g.toposort():
             tracked = [t for t in node.inputs if t and t in self.info]
             implicit = [t for t in node.implicit_inputs if t in self.info]
+            if not tracked and node.op_type in ("Expand", "ConstantOfShape") and node.inputs and \
+                    node.inputs[-1] in self._tainted:
+                self._fill_like(node)
+                continue
             self._check_shape_uses(node)
             if implicit:
                 for t in implicit:
@@ -393,7 +398,20 @@ class Analysis:
         for ids in self.multi:
             self._rectangular(ids)
         self._check_reads()
+        self._check_follows()
         self._finish()
+
+    def _check_follows(self) -> None:
+        """A shape entry read from dim k of `src` stands for dim j of `out`: both must keep the same
+        count under any removal — index by index, the same classes."""
+        roots = self.uf.roots
+        for out, j, src, k, where in self._follows:
+            a, b = self.info[out], self.info[src]
+            ra = np.moveaxis(roots[a.ids], j, 0).reshape(a.ids.shape[j], -1)
+            rb = np.moveaxis(roots[b.ids], k, 0).reshape(b.ids.shape[k], -1)
+            if ra.shape[0] != rb.shape[0] or any(set(x.tolist()) != set(y.tolist()) for x, y in zip(ra, rb)):
+                self.poison(a.ids, f"a channel size of {where} comes from '{src}', whose channels differ")
+                self.poison(b.ids, f"a channel size of {where} comes from '{src}', whose channels differ")
 
     def _check_reads(self) -> None:
         """A count read as a value is harmless when that dim can never shrink: every line of ids
@@ -502,6 +520,32 @@ class Analysis:
         elif node.op_type in INT_ARITH and any(i in self._tainted for i in node.inputs):
             self._tainted[node.outputs[0]] = sorted({d for i in node.inputs for d in self._tainted.get(i, [])})
 
+    def _fill_like(self, node: Node) -> None:
+        """Expand(value, Shape(x)) / ConstantOfShape(Shape(x)) — torch.empty_like / full_like: a new
+        tensor with x's channels (their count follows x's). Anything else it reads is recorded."""
+        shape_in = node.inputs[-1]
+        elems = self.sym(shape_in)
+        out = node.outputs[0]
+        src = {e[1] for e in (elems or []) if e[0] == "d" and e[1] in self.info}
+        if elems is None or len(src) != 1:
+            self._check_shape_uses(node)
+            return
+        x = src.pop()
+        info = self.info[x]
+        rank = self.rank(out)
+        if info.hidden or rank is None or rank != len(elems) or any(elems[a] != ("d", x, a) for a in info.axes):
+            self._check_shape_uses(node)
+            return
+        value = self.const(node.inputs[0]) if node.op_type == "Expand" else _constant_attr(node)
+        state = None
+        if self.values:
+            v = float(np.asarray(value).reshape(-1)[0]) if value is not None and np.asarray(value).size == 1 else np.nan
+            state = np.full(info.ids.shape, v)
+        try:
+            self.set_info(out, ChanInfo(info.axes, info.ids), state)
+        except Refuse as r:
+            self.poison(info.ids, f"{r} at {node.label}")
+
     def _channel_dims_in(self, t: str) -> list[tuple[str, int]]:
         s = self.sym(t) or []
         return [(e[1], e[2]) for e in s if e[0] == "d" and e[1] in self.info and e[2] in self.info[e[1]].axes]
@@ -554,8 +598,13 @@ class Analysis:
                 elif same and not self._piece_replaceable(target, p):
                     self.uf.union(src.ids, out_info.ids)
                     edit.append(False)
-                else:
+                elif self._piece_replaceable(target, p) or all(el[0] == "c" for el in elems):
                     edit.append(True)  # a channel count is a property of the weights: write the new one
+                else:
+                    # Shape of another channel tensor: follows by itself when both dims always keep
+                    # the same count; checked once every coupling is known
+                    self._follows.append((out, j, e[1], src.axes.index(e[2]), f"{node.op_type} at {node.label}"))
+                    edit.append(False)
             elif self._piece_replaceable(target, p):
                 edit.append(True)
             else:
@@ -1014,6 +1063,12 @@ def rule_transpose(an: Analysis, node: Node) -> None:
 def _map_reshape(an: Analysis, in_shape, info: ChanInfo, out_shape):
     """Where the channel block of a row-major reshape lands: (axes, ids, hidden) or a Refuse."""
     axes = info.axes
+    big_in = [a for a, d in enumerate(in_shape) if d != 1]
+    big_out = [a for a, d in enumerate(out_shape) if d != 1]
+    if [in_shape[a] for a in big_in] == [out_shape[a] for a in big_out] and all(a in big_in for a in axes) \
+            and not info.hidden:
+        # only size-1 axes come or go ([1, H, S, D] -> [H, S, D]): every other axis keeps its identity
+        return tuple(big_out[big_in.index(a)] for a in axes), info.ids, False
     if list(axes) != list(range(axes[0], axes[-1] + 1)):
         raise Refuse("Reshape of channels spread over non-adjacent axes")
     k = info.ids.shape[-1] if info.hidden else 1
@@ -1665,6 +1720,49 @@ def rule_mha(an: Analysis, node: Node) -> None:
         an.attr_sites.append(AttrSite(node.id, attr, node.outputs[0], 0, v.shape[1]))
 
 
+def rule_scatternd(an: Analysis, node: Node) -> None:
+    """ScatterND(data, indices, updates) writing slices along data's leading `q` axes (a strided
+    copy, as exports of `out[..., 0::2] = ...` write it): the indexed dims must never shrink (their
+    lines are units, e.g. one head's dims), the other axes couple data and updates one to one."""
+    data, idx, upd = node.inputs[:3]
+    if idx in an.info or node.attr("reduction", "none") not in ("none", b"none"):
+        raise Refuse("ScatterND with reduction or traced indices")
+    di, ui = an.info.get(data), an.info.get(upd)
+    q = (an.shape(idx) or [None])[-1]
+    ri = an.rank(idx)
+    if di is None or ui is None or q is None or ri is None or di.hidden or ui.hidden:
+        raise Refuse("ScatterND of channels that are not traced on both data and updates")
+    lead = ri - 1  # updates = indices.shape[:-1] + data.shape[q:]
+    for k, a in enumerate(di.axes):
+        if a < q:
+            an.uf.union_lines(di.ids, k)
+    for k, a in enumerate(ui.axes):
+        if a < lead:
+            an.uf.union_lines(ui.ids, k)
+    dk = [k for k, a in enumerate(di.axes) if a >= q]
+    uk = [k for k, a in enumerate(ui.axes) if a >= lead]
+    if [di.axes[k] - q for k in dk] != [ui.axes[k] - lead for k in uk] or not dk:
+        raise Refuse("ScatterND data and updates carry channels on different axes")
+    sd = np.moveaxis(di.ids, dk, list(range(len(dk))))
+    su = np.moveaxis(ui.ids, uk, list(range(len(uk))))
+    sd = sd.reshape(sd.shape[:len(dk)] + (-1,))[..., 0]
+    su = su.reshape(su.shape[:len(uk)] + (-1,))[..., 0]
+    if sd.shape != su.shape:
+        raise Refuse("ScatterND data and updates channel counts differ")
+    an.uf.union(sd, su)
+    state = None
+    if an.values:
+        zd = an.state_of(data) == 0
+        zu = an.state_of(upd) == 0
+        zd = np.moveaxis(zd, dk, list(range(len(dk)))).reshape(sd.shape + (-1,)).all(axis=-1)
+        zu = np.moveaxis(zu, uk, list(range(len(uk)))).reshape(su.shape + (-1,)).all(axis=-1)
+        both = np.moveaxis(np.broadcast_to((zd & zu).reshape(sd.shape + (1,) * (di.ids.ndim - len(dk))),
+                                           np.moveaxis(di.ids, dk, list(range(len(dk)))).shape),
+                           list(range(len(dk))), dk)
+        state = np.where(both, 0.0, np.nan)
+    an.set_info(node.outputs[0], di, state)
+
+
 SOURCES = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 SYM_OPS = {"Cast", "Identity", "Squeeze", "Unsqueeze", "Concat", "Gather", "Slice"}
 SHAPE_CONSUMERS = {("Reshape", 1), ("Expand", 1), ("Resize", 3)}
@@ -1692,6 +1790,7 @@ RULES.update({
     ("", "BatchNormalization"): rule_batchnorm,
     ("", "Concat"): rule_concat, ("", "Split"): rule_split, ("", "Slice"): rule_slice, ("", "Gather"): rule_gather,
     (MS, "MultiHeadAttention"): rule_mha, ("", "Attention"): rule_mha,
+    ("", "ScatterND"): rule_scatternd,
     (MS, "SkipLayerNormalization"): rule_skip_layernorm, (MS, "SkipSimplifiedLayerNormalization"): rule_skip_layernorm,
 })
 for _op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
