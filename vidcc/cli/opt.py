@@ -27,7 +27,9 @@ def run(args) -> int:
 
     passes = build_pipeline(args.pipeline)  # spec errors before any loading
     graph, source = model.load(args.model)
-    ctx = PassContext(verify_each=args.verify_each, keep_going=args.keep_going, pass_timeout=args.pass_timeout)
+    feeds = source.sample_inputs()  # calibration-aware passes (prune-channels) prove shapes / measure on them
+    ctx = PassContext(verify_each=args.verify_each, keep_going=args.keep_going, pass_timeout=args.pass_timeout,
+                      calibration=[feeds] if feeds else None)
     run_pipeline(graph, passes, ctx)
     verify(graph, require_types=False)
     onnx_io.save(graph, args.output, external_data=args.external_data)
