@@ -35,7 +35,10 @@ def test_compare_rows_errors_and_plot(mlp_path, tmp_path, capsys):
     assert svg.startswith("<svg") and ">ort<" in svg and ">tvm-llvm<" in svg
 
 
-def test_compare_table_and_bad_arguments(mlp_path, capsys):
+def test_compare_table_and_bad_arguments(mlp_path, capsys, monkeypatch):
+    from vidcc.cli import _output
+
+    monkeypatch.setattr(_output.console, "width", 200)
     assert main(["compare", str(mlp_path), "--targets", "ort", "--repeat", "2"]) == 0
     out, _ = capsys.readouterr()
     assert "ort" in out and "verified" in out

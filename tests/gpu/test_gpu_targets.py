@@ -1,0 +1,33 @@
+"""GPU targets against the fp32 reference on tiny zoo models. Skipped without a GPU (the CPU CI);
+the GPU run executes it: `python -m pytest -q tests/gpu` on the device machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from vidcc import plugins
+from vidcc.compile import compile_model
+
+GPU_TARGETS = ["ort-cuda", "ort-cuda-fp16", "tvm-cuda", "tvm-cuda-fp16"]
+MODELS = ["svd-unet:tiny", "animatediff-unet:tiny", "wan-dit:tiny", "moe-dit:tiny"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDCC_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("target", GPU_TARGETS)
+def test_gpu_target_matches_reference(target, model):
+    entry = plugins.registry().targets.get(target)
+    if entry is None:
+        pytest.skip(f"{target} is not registered")
+    why = entry.obj.available()
+    if not why:
+        pytest.skip(f"{target} unavailable: {why.reason}")
+    result = compile_model(model, target, use_cache=False)
+    assert result.verdict.passed, (target, model, result.verdict.failures)
+    worst = min(m.cosine for m in result.metrics.values())
+    assert worst >= (0.999 if "fp16" in target else 0.99999)
