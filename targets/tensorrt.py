@@ -114,10 +114,12 @@ class TensorRTTarget(Target):
         for name, (lo, opt, hi) in shapes.items():
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
-        cache_path = cache_dir() / "tensorrt" / f"timing-{flavour}-{getattr(trt, '__version__', 'x')}.cache"
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        timing = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-        config.set_timing_cache(timing, ignore_mismatch=True)
+        # TensorRT's timing cache persists across builds; TensorRT-RTX has none (its calls are no-ops).
+        cache_path = cache_dir() / "tensorrt" / f"timing-{getattr(trt, '__version__', 'x')}.cache"
+        if flavour == "tensorrt":
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            timing = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+            config.set_timing_cache(timing, ignore_mismatch=True)
         ctx.status(f"building the engine ({network.num_layers} layers)")
         t0 = time.perf_counter()
         serialized = builder.build_serialized_network(network, config)
@@ -125,9 +127,10 @@ class TensorRTTarget(Target):
             raise TargetError(f"{self.name}: TensorRT failed to build an engine (see its log above)")
         build_s = time.perf_counter() - t0
         (out_dir / ENGINE).write_bytes(bytes(serialized))
-        tmp = cache_path.with_suffix(".tmp")
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-        tmp.replace(cache_path)
+        if flavour == "tensorrt":
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+            tmp.replace(cache_path)
         return {"engine": ENGINE, "flavour": flavour, "layers": network.num_layers,
                 "engine_build_seconds": round(build_s, 3), "engine_bytes": (out_dir / ENGINE).stat().st_size,
                 "profile": {k: [list(s) for s in v] for k, v in shapes.items()}, "strongly_typed": True}
