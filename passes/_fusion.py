@@ -31,6 +31,11 @@ def is_ort(ctx) -> bool:
     return getattr(ctx, "target", None) is None or target_name(ctx).startswith("ort")
 
 
+def ort_cpu(ctx) -> bool:
+    """ORT on its CPU EP (or no target): where the measured CPU kernel trade-offs apply."""
+    return is_ort(ctx) and "cuda" not in target_name(ctx)
+
+
 def preference(ctx, pattern: str) -> str | None:
     prefs = getattr(getattr(ctx, "target", None), "fusion_prefs", None) or {}
     return prefs.get(pattern)

@@ -8,7 +8,7 @@ from vidcc.ir import Graph
 from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.rewrite import Const, Match, P, Rule, Var, apply_rules, emit
 
-from ._fusion import MS, accepts, is_ort, preference, target_name
+from ._fusion import MS, accepts, ort_cpu, preference
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _skip(ctx, force: bool) -> str | None:
     pref = preference(ctx, "SkipLayerNorm")
     if force or pref == "SkipLayerNormalization":
         return None
-    if pref or (is_ort(ctx) and "cuda" not in target_name(ctx)):
+    if pref or ort_cpu(ctx):
         return "skipped: slower than Add + LayerNormalization on ORT CPU (force=true to fuse anyway)"
     return None
 
@@ -81,10 +81,11 @@ def _skip(ctx, force: bool) -> str | None:
 PASSES = [FuseSkipLayerNorm]
 
 # Fusion order: folding BN first changes no pattern; norms before activations (GroupNorm's SiLU
-# tail stays a SiLU); attention before packing (packing feeds the fused op from a Split); Gemm last.
+# tail stays a SiLU); attention before packing (packing feeds the fused op from a Split); packing and
+# unpacking are each for their own targets (ORT CPU unpacks); Gemm last.
 PIPELINES = [
     ("fuse",
      "fuse-conv-bn,fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,fuse-qkv,"
-     "fuse-skip-layernorm,fuse-gemm,dce",
+     "unpack-projections,fuse-skip-layernorm,fuse-gemm,dce",
      "all fusions, each emitting what the target accepts (and runs best)"),
 ]
