@@ -1,0 +1,204 @@
+"""GPU benchmarks (run on the device machine; see bench/README.md for the exact commands).
+
+    python bench/gpu.py trt-builds --models svd-unet,wan-dit --size small
+        TensorRT(-RTX) engine builds per zoo model: parse/build success, build time, layer count.
+    python bench/gpu.py table --model svd-unet:full --frames 14 --height 72 --width 128 \
+            --targets ort-cuda-fp16,tvm-cuda-fp16 --torch eager,compile
+        Latency per evaluation (median), % of the fp16 peak from vidcc's FLOP count, peak device memory,
+        cosine vs fp32 (torch fp32 on the GPU, TF32 off: a CPU reference of a 45 TFLOP model would take
+        minutes), beside torch eager and torch.compile on the same model and inputs.
+
+Results go to bench/results/gpu-*.json (and --out-dir, for copying back from the device machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._results import write_result  # noqa: E402
+
+H100_FP16_PEAK_TFLOPS = 989.0  # dense fp16 tensor-core peak (H100 SXM / H200)
+
+
+def _save(name: str, data: dict, out_dir: str | None) -> None:
+    path = write_result(name, data)
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(out_dir) / path.name)
+    print(json.dumps(data, indent=1, default=str)[:4000])
+
+
+def trt_builds(args) -> None:
+    from vidcc import onnx_io, plugins, zoo
+    from vidcc.pass_manager import PassContext, run_pipeline
+    from vidcc.target import BuildContext
+
+    rows = []
+    for name in args.models.split(","):
+        spec = f"{name}:{args.size}"
+        exp = zoo.export(spec)
+        with np.load(exp.inputs_path) as data:
+            feeds = {k: data[k] for k in data.files}
+        for tname in args.targets.split(","):
+            target = plugins.registry().targets[tname].obj
+            row = {"model": spec, "target": tname}
+            t0 = time.perf_counter()
+            try:
+                graph = onnx_io.load(exp.model_path)
+                run_pipeline(graph, target.default_pipeline, PassContext(target=target, calibration=[feeds]))
+                work = Path(args.work) / f"{name}-{tname}"
+                work.mkdir(parents=True, exist_ok=True)
+                model = onnx_io.save(graph, work / "model.onnx")
+                row["passes_s"] = round(time.perf_counter() - t0, 2)
+                entries = target.build(model, work, BuildContext(feeds=feeds, work_dir=work))
+                row.update(ok=True, build_s=entries["engine_build_seconds"], layers=entries["layers"],
+                           engine_mib=round(entries["engine_bytes"] / 2**20, 1), flavour=entries["flavour"])
+                try:
+                    target.load(work, {"build": entries}).run(feeds)
+                    row["runs"] = "yes"
+                except Exception as exc:  # TensorRT-RTX refuses to run on compute capability 9.0
+                    row["runs"] = f"no: {str(exc).splitlines()[0][:200]}"
+                shutil.rmtree(work, ignore_errors=True)
+            except Exception as exc:
+                row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            rows.append(row)
+            print(row, flush=True)
+    _save(f"gpu-trt-builds-{args.size}", {"size": args.size, "rows": rows, "device": _device()}, args.out_dir)
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    except Exception:
+        return "?"
+
+
+def _feeds_at(exp, frames: int, height: int, width: int) -> dict[str, np.ndarray]:
+    """The zoo's sample inputs with frames/height/width (latent sizes) replaced, seeded."""
+    from vidcc.verification import input_signature
+
+    sig = input_signature(exp.model_path)
+    with np.load(exp.inputs_path) as data:
+        sample = {k: data[k] for k in data.files}
+    dims = {"frames": frames, "height": height, "width": width}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for name, info in sig.items():
+        shape = [dims.get(d, sample[name].shape[i]) if isinstance(d, str) or d is None else d
+                 for i, d in enumerate(info["shape"])]
+        if list(shape) == list(sample[name].shape):
+            feeds[name] = sample[name]
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(sample[name].dtype)
+    return feeds
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-300))
+
+
+def table(args) -> None:
+    import torch
+
+    from vidcc import onnx_io, stats, zoo
+    from vidcc.measure import time_fn
+    from vidcc.zoo import models as zmodels
+    from vidcc.zoo.entries import ENTRIES
+
+    exp = zoo.export(args.model)
+    feeds = _feeds_at(exp, args.frames, args.height, args.width)
+    graph = onnx_io.load(exp.model_path)
+    flops = stats.summarize(stats.bind_input_shapes(graph, feeds))["flops"]
+    del graph
+    name, size = args.model.split(":")
+    built = zmodels.build(ENTRIES[name], size)
+    module = built.module.eval().cuda()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    tfeeds = {k: torch.from_numpy(v).cuda() for k, v in feeds.items()}
+    with torch.no_grad():
+        ref = module(**tfeeds)
+        ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).float().cpu().numpy()
+    rows = []
+
+    def add(label, median_ms, cos, peak_mib, extra=None):
+        rows.append({"target": label, "median_ms": round(median_ms, 2), "cosine_vs_fp32": round(cos, 6),
+                     "pct_fp16_peak": round(100 * flops / (median_ms * 1e-3) / (H100_FP16_PEAK_TFLOPS * 1e12), 1),
+                     "peak_device_mib": peak_mib, **(extra or {})})
+        print(rows[-1], flush=True)
+
+    half = module.half()
+    hfeeds = {k: (v.half() if v.is_floating_point() else v) for k, v in tfeeds.items()}
+    for mode in [m for m in args.torch.split(",") if m]:
+        fn = half if mode == "eager" else torch.compile(half)
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = fn(**hfeeds)
+            first_s = time.perf_counter() - t0
+
+            def step():
+                fn(**hfeeds)
+                torch.cuda.synchronize()
+
+            timing = time_fn(step, runs=args.repeat, warmup=2)
+        out = (out[0] if isinstance(out, (tuple, list)) else out).float().cpu().numpy()
+        add(f"torch-{mode}", timing.median_ms, _cosine(out, ref), round(torch.cuda.max_memory_allocated() / 2**20),
+            {"first_call_s": round(first_s, 1)})
+    del half, module
+    torch.cuda.empty_cache()
+
+    from vidcc.compare import compare
+
+    report = compare(exp.model_path.as_posix(), [t for t in args.targets.split(",") if t], inputs=feeds,
+                     repeat=args.repeat, reference={"out_sample" if "out_sample" in built.output_names else built.output_names[0]: ref})
+    for r in report["rows"]:
+        if r.get("latency_median_ms") is None:
+            rows.append({"target": r["target"], "error": r.get("error") or r.get("reason")})
+            print(rows[-1], flush=True)
+            continue
+        add(r["target"], r["latency_median_ms"], r["cosine"], r["peak_device_mib"], {"build_s": r["build_s"]})
+    _save(f"gpu-table-{name}-{size}", {"model": args.model, "latent": [args.frames, args.height, args.width],
+                                        "flops": flops, "device": _device(), "reference": "torch fp32 on the GPU (TF32 off)",
+                                        "rows": rows}, args.out_dir)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("trt-builds")
+    a.add_argument("--models", default="svd-unet,animatediff-unet,wan-dit,wan22-moe,moe-dit,moe-dit-trouter")
+    a.add_argument("--size", default="small")
+    a.add_argument("--targets", default="trt-fp16,trt-bf16")
+    a.add_argument("--work", default="/tmp/vidcc-trt")
+    a.add_argument("--out-dir")
+    a.set_defaults(func=trt_builds)
+    b = sub.add_parser("table")
+    b.add_argument("--model", default="svd-unet:full")
+    b.add_argument("--frames", type=int, default=14)
+    b.add_argument("--height", type=int, default=72)
+    b.add_argument("--width", type=int, default=128)
+    b.add_argument("--targets", default="ort-cuda-fp16,tvm-cuda-fp16")
+    b.add_argument("--torch", default="eager,compile")
+    b.add_argument("--repeat", type=int, default=5)
+    b.add_argument("--out-dir")
+    b.set_defaults(func=table)
+    args = p.parse_args()
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
