@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 # Bump when a change to the zoo's code changes what an export contains (configs, init, exporters).
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 
 META = "meta.json"
 

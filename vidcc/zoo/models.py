@@ -29,6 +29,12 @@ class Built:
     dim_max: dict[str, int] = field(default_factory=dict)  # symbolic dim -> largest value the code allows
     experts: dict[str, nn.Module] = field(default_factory=dict)  # wan22: exported one by one
 
+    def __post_init__(self):
+        # the wrappers are fresh modules (training mode by default); export and run everything in eval mode
+        self.module.eval()
+        for expert in self.experts.values():
+            expert.eval()
+
 
 def _seed_of(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("/".join(parts).encode()).digest()[:4], "little")
@@ -54,19 +60,22 @@ def reinit_(module: nn.Module, seed: int) -> None:
         param.copy_(value.to(param.dtype))
 
 
-def _from_pretrained(cls, weights: Path, subfolders: tuple[str, ...]):
+def _from_pretrained(cls, weights: Path, subfolders: tuple[str, ...], root_ok: bool = True):
+    """A pipeline directory (weights/<subfolder>/config.json) or, if root_ok, a model directory."""
+    kw = dict(torch_dtype=torch.float32, low_cpu_mem_usage=False)
     for sub in subfolders:
         if (weights / sub / "config.json").is_file():
-            return cls.from_pretrained(weights, subfolder=sub, torch_dtype=torch.float32, low_cpu_mem_usage=False)
-    if (weights / "config.json").is_file():
-        return cls.from_pretrained(weights, torch_dtype=torch.float32, low_cpu_mem_usage=False)
-    raise VidccError(f"no diffusers checkpoint in {weights} (looked for config.json in "
-                     f"{', '.join([*subfolders, '.'])})")
+            return cls.from_pretrained(weights, subfolder=sub, **kw)
+    if root_ok and (weights / "config.json").is_file():
+        return cls.from_pretrained(weights, **kw)
+    places = [*subfolders, "."] if root_ok else list(subfolders)
+    raise VidccError(f"no diffusers checkpoint in {weights} (looked for config.json in {', '.join(places)})")
 
 
 def _model(cls, entry: Entry, size: str, weights: Path | None, subfolders: tuple[str, ...], tag: str = ""):
     if weights is not None:
-        return _from_pretrained(cls, weights, subfolders).eval().float()
+        # a Wan2.2 pipeline keeps its experts in transformer/ and transformer_2/; no single-model fallback
+        return _from_pretrained(cls, weights, subfolders, root_ok=entry.family != "wan22").eval().float()
     torch.manual_seed(_seed_of(entry.name, size, tag))
     model = cls(**entry.configs[size]).eval()
     reinit_(model, _seed_of(entry.name, size, tag, "weights"))
