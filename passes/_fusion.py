@@ -109,13 +109,6 @@ def static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) for d in shape)
 
 
-def same_dims(a, b) -> bool:
-    """Two shapes are provably equal (static dims equal, symbolic names equal)."""
-    if a is None or b is None or len(a) != len(b):
-        return False
-    return all(x == y and x is not None and not (isinstance(x, str) and x.startswith("unk__")) for x, y in zip(a, b))
-
-
 def reshape_target(graph: Graph, node: Node) -> list[int] | None:
     """A Reshape's target shape with 0s resolved against its input (None if not constant)."""
     t = graph.constant(node.inputs[1]) if len(node.inputs) > 1 else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,7 +9,7 @@ from vidcc.ir import Graph
 from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.rewrite import Const, Match, P, Rule, Var, apply_rules, emit
 
-from ._fusion import MS, OpsetGate, accepts, reshape_target, scalar, static
+from ._fusion import MS, OpsetGate, accepts, reshape_target, scalar
 
 HEADS = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
 

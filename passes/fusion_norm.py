@@ -12,7 +12,7 @@ from vidcc.ir import Graph, TensorType
 from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.rewrite import Const, Keep, Match, P, Rule, Var, apply_rules, emit
 
-from ._fusion import (OpsetGate, accepts, is_ort, per_axis, preference, rank_of, reduce_axes, reshape_target, same_dims,
+from ._fusion import (OpsetGate, accepts, is_ort, per_axis, preference, rank_of, reduce_axes, reshape_target,
                       scalar, static)
 
 
