@@ -131,15 +131,18 @@ def test_layernorm_coupled_zero_channels_fold_only_when_not_exact():
     run_ort(onnx_io.to_proto(graph), feeds)  # a valid graph; outputs change (LayerNorm statistics)
 
 
-def test_zoo_model_with_30_percent_of_groups_zeroed_folds_exactly():
-    """The issue's exactness test: svd-unet:tiny, a random 30% of its coupled channel classes zeroed
-    in the weights, folds to a smaller graph with equal outputs."""
+@pytest.mark.parametrize("name, shrink", [("svd-unet:tiny", 0.8), ("wan-dit:tiny", 0.95)])
+def test_zoo_model_with_30_percent_of_groups_zeroed_folds_exactly(name, shrink):
+    """The issue's exactness test: a zoo model (svd-unet: legacy export, wan-dit: dynamo export), a
+    random 30% of its coupled channel classes zeroed in the weights, folds to a smaller graph with
+    equal outputs. (Most of wan-dit's classes pass LayerNorm/RMSNorm statistics: not exact, not
+    zeroed here.)"""
     zoo = pytest.importorskip("vidcc.zoo")
     pytest.importorskip("diffusers")
-    exp = zoo.export("svd-unet:tiny")
+    exp = zoo.export(name)
     feeds = dict(np.load(exp.inputs_path))
     graph = onnx_io.load(exp.model_path)
     zeroed = zero_random(graph, feeds, 0.3, seed=7)
     record, before, after = fold_and_check(graph, feeds)
-    assert zeroed > 100 and record.stats["classes_removed"] >= zeroed
-    assert after < 0.8 * before
+    assert zeroed > 20 and record.stats["classes_removed"] >= zeroed
+    assert after < shrink * before
