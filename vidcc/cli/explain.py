@@ -41,9 +41,10 @@ def run(args) -> int:
         raise VidccError(f"--pass {args.focus}: not in the pipeline (its passes: {names})")
 
     graph, source = model.load(args.model)
-    ctx = PassContext(target=target, verify_each=args.verify_each, keep_going=args.keep_going)
-    result = explain(graph, passes, ctx, model=args.model, path=str(source.path), pipeline=spec,
-                     feeds=source.sample_inputs())
+    feeds = source.sample_inputs()  # also the calibration of calibration-aware passes (prune-channels)
+    ctx = PassContext(target=target, verify_each=args.verify_each, keep_going=args.keep_going,
+                      calibration=[feeds] if feeds else None)
+    result = explain(graph, passes, ctx, model=args.model, path=str(source.path), pipeline=spec, feeds=feeds)
     if args.html:
         from vidcc.report_html import render_explain, write_page
 
