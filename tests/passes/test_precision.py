@@ -261,3 +261,25 @@ def test_zoo_tiny_svd_fp16_builds_in_tvm_and_reaches_the_gate():
     ref = run_ort(g, f)
     run_pipeline(g, "tag-precision,materialize-precision", PassContext(calibration=[f]))
     assert min_cosine(run_tvm_llvm(onnx_io.to_proto(g), f), ref) >= 0.999
+
+
+@needs_tvm
+def test_large_reduction_kept_fp32_builds_in_tvm_where_naive_fp16_cannot():
+    """The full SVD UNet's failure in small: a ReduceMean over 92160 elements in fp16 makes TVM emit the
+    literal 92160, beyond fp16's 65504, and the build fails; the policy keeps the reduction in fp32."""
+    from vidcc.halfrun import run_tvm_llvm
+    from vidcc.precision_debug import NAIVE
+
+    n = 92160
+    m = helper.make_model(helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["y"], axes=[1], keepdims=1, name="mean")], "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [1, n])], [helper.make_tensor_value_info("y", T.FLOAT, [1, 1])]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    f = {"x": (np.random.default_rng(0).standard_normal((1, n)) + 3).astype(np.float32)}
+    ref = run_ort(m, f)
+    naive, _ = tagged(m, spec=f"tag-precision{{{NAIVE}}},materialize-precision", calibrate=False)
+    with pytest.raises(Exception, match="exceeds maximum of float16"):
+        run_tvm_llvm(onnx_io.to_proto(naive), f)
+    g, ctx = tagged(m, spec="tag-precision,materialize-precision", calibrate=False)
+    assert precisions(g)["mean"] == "fp32"
+    assert np.allclose(run_tvm_llvm(onnx_io.to_proto(g), f)["y"], ref["y"], rtol=1e-5)
