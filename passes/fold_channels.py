@@ -186,15 +186,12 @@ def _drop_dead(graph: Graph) -> None:
     DeadCodeElimination().run(graph, PassContext())
 
 
-def layer_channels(an: Analysis, graph: Graph, removed: set[int]) -> list[dict]:
-    """Per producing layer: output channels before and after."""
+def layer_channels(an: Analysis, names: dict[int, tuple[str, str]], removed: set[int]) -> list[dict]:
+    """Per producing layer: output channels before and after (names taken before any edit: a dead
+    producer may be gone afterwards)."""
     rm = Removal(an, removed)
-    rows = []
-    for nid, tensor, ids in an.producers:
-        kept = int(rm.keep(ids).sum())
-        rows.append({"node": graph.node(nid).name or graph.node(nid).label, "op": graph.node(nid).op_type,
-                     "channels": [int(ids.size), kept]})
-    return rows
+    return [{"node": names[nid][0], "op": names[nid][1], "channels": [int(ids.size), int(rm.keep(ids).sum())]}
+            for nid, _, ids in an.producers]
 
 
 def shrunk_shapes(an: Analysis, shapes: dict[str, tuple]) -> dict[str, tuple]:
@@ -217,10 +214,11 @@ def fold(graph: Graph, feeds=None, *, exact: bool = True, shapes=None, analysis_
     if not plan.removed:
         details = _refusals(an, graph, plan)
         return PassResult(False, {"channels_removed": 0, "refused_groups": len(details)}, details)
-    before = layer_channels(an, graph, set())
+    names = {nid: (graph.node(nid).name or graph.node(nid).label, graph.node(nid).op_type) for nid, _, _ in an.producers}
+    before = layer_channels(an, names, set())
     counts = apply_fold(graph, an, plan)
     removed = counts.pop("removed")
-    after = layer_channels(an, graph, removed)
+    after = layer_channels(an, names, removed)
     details = [{"kind": "folded", "node": a["node"], "op": a["op"], "channels": [b["channels"][0], a["channels"][1]],
                 "reason": "producing weights are zero" if a["channels"][1] < b["channels"][0] else ""}
                for b, a in zip(before, after) if a["channels"][1] != b["channels"][0]]
@@ -238,7 +236,7 @@ def _refusals(an: Analysis, graph: Graph, plan: FoldPlan, limit: int = 50) -> li
     for nid, _, ids in an.producers:
         rs = np.unique(roots[ids]).tolist()
         why = [plan.refused[r] for r in rs if r in plan.refused and r in an.blocked]
-        if why:
+        if why and nid in graph.nx:
             out.append({"kind": "refused", "group": graph.node(nid).name or graph.node(nid).label, "reason": why[0]})
         if len(out) >= limit:
             break

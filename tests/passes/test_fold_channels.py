@@ -146,3 +146,29 @@ def test_zoo_model_with_30_percent_of_groups_zeroed_folds_exactly(name, shrink):
     record, before, after = fold_and_check(graph, feeds)
     assert zeroed > 20 and record.stats["classes_removed"] >= zeroed
     assert after < shrink * before
+
+
+def test_random_graphs_fold_exactly_and_prune_to_valid_graphs():
+    """Property over the robustness grammar's random graphs (elementwise math, shape bookkeeping,
+    Transpose, MatMul, Concat/Split): zeroed classes fold with equal outputs; pruning leaves a
+    graph that verifies and runs."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from tests.robustness.graph_grammar import C, N, graphs
+
+    feeds = {"x": np.random.default_rng(0).standard_normal((N, C)).astype(np.float32)}
+
+    @hypothesis.settings(max_examples=40, deadline=None, derandomize=True,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(graphs(), hypothesis.strategies.integers(0, 3))
+    def prop(model, seed):
+        graph = onnx_io.from_proto(model)
+        an = Analysis(graph, feeds)
+        if removable_classes(an):
+            zero_random(graph, feeds, 0.5, seed=seed)
+        fold_and_check(graph, feeds)
+        graph = onnx_io.from_proto(model)
+        run_pipeline(graph, "prune-channels{ratio=0.5,round_to=1,measure=false}", PassContext(calibration=[feeds], verify_each=True))
+        verify(graph)
+        run_ort(onnx_io.to_proto(graph), feeds)
+
+    prop()
