@@ -207,3 +207,33 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
         status(f"writing {output_dir}")
         result.exported_to = art.export(artifact, output_dir)
     return result
+
+
+def tune_model(model: str, target_name: str, budget_s: float, *, pipeline: str = "",
+               inputs: dict[str, np.ndarray] | None = None,
+               status: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """Run the same passes compile would, then let the target tune the optimized graph for budget_s."""
+    import tempfile
+
+    from vidcc import model as models
+    from vidcc import onnx_io
+    from vidcc.pass_manager import PassContext, run_pipeline
+    from vidcc.pipeline import build_pipeline
+    from vidcc.target import BuildContext
+
+    target = get_target(target_name)
+    require_available(target)
+    passes = build_pipeline(full_spec(target, pipeline))
+    source = models.resolve(model)
+    signature = V.input_signature(source.path)
+    feeds = inputs if inputs is not None else source.sample_inputs()
+    if feeds is None:
+        feeds = V.random_feeds(signature)
+    V.check_feeds(feeds, signature)
+    status(f"loading {source.path.name}")
+    graph = onnx_io.load(source.path)
+    ctx = PassContext(target=target, calibration=[feeds], instruments=[_StatusInstrument(status)])
+    run_pipeline(graph, passes, ctx)
+    with tempfile.TemporaryDirectory(prefix="vidcc-tune-") as tmp:
+        path = onnx_io.save(graph, Path(tmp) / "model.onnx")
+        return target.tune(path, BuildContext(feeds=feeds, pass_ctx=ctx, work_dir=Path(tmp), status=status), budget_s)
