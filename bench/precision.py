@@ -29,6 +29,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # after an installed 
 import numpy as np  # noqa: E402
 
 from bench._results import write_result  # noqa: E402
+from vidcc.precision_debug import forget_generated_dims as drop_generated_dims  # noqa: E402
 
 GATES = {"fp16": 0.999, "bf16": 0.995}
 ZOO_DIR = os.environ.get("VIDCC_BENCH_ZOO_DIR", "")  # DIR/<name>_<size>/model.onnx: exports made elsewhere
@@ -47,21 +48,6 @@ def _tvm_cosine(graph_or_proto, feeds, reference) -> tuple[float | None, str | N
     except Exception as exc:  # a graph TVM refuses is a result, not a crash of the bench
         msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
         return None, msg, time.perf_counter() - t0
-
-
-def drop_generated_dims(graph) -> int:
-    """Forget shape inference's generated dim names (unk__N). After `cleanup` the same unk__N can name
-    different sizes in different tensors (inference ran more than once), and ONNX Runtime's memory
-    planner trusts equal names: it then fails with 'Shape mismatch attempting to re-use buffer'."""
-    from vidcc.ir import TensorType
-
-    dropped = 0
-    for name, t in list(graph.types.items()):
-        if t.shape and any(isinstance(d, str) and d.startswith("unk__") for d in t.shape):
-            graph.types[name] = TensorType(t.dtype, tuple(None if isinstance(d, str) and d.startswith("unk__") else d
-                                                          for d in t.shape))
-            dropped += 1
-    return dropped
 
 
 def prepare_spec(graph, feeds) -> tuple[str, object]:

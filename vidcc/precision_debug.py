@@ -152,5 +152,20 @@ def debug_precision(graph: Graph, feeds: dict[str, np.ndarray], *, dtype: str = 
     return result
 
 
+def forget_generated_dims(graph: Graph) -> int:
+    """Drop shape inference's generated dim names (unk__N) from tensor types. Inference run more than
+    once (cleanup does) can give one unk__N to different sizes, and ONNX Runtime's memory planner, which
+    trusts equal names, then fails ('Shape mismatch attempting to re-use buffer')."""
+    from vidcc.ir import TensorType
+
+    dropped = 0
+    for name, t in list(graph.types.items()):
+        if t.shape and any(isinstance(d, str) and d.startswith("unk__") for d in t.shape):
+            graph.types[name] = TensorType(t.dtype, tuple(None if isinstance(d, str) and d.startswith("unk__")
+                                                          else d for d in t.shape))
+            dropped += 1
+    return dropped
+
+
 class _Budget(Exception):
     pass

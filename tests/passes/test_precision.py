@@ -221,14 +221,15 @@ def zoo_graph(spec: str):
         exp = zoo.export(spec)
     except Exception as exc:  # an entry the zoo cannot build here is its problem, not this test's
         pytest.skip(f"{spec} not exportable: {exc}")
-    from bench.precision import drop_generated_dims, prepare_spec
+    from bench.precision import prepare_spec
+    from vidcc.precision_debug import forget_generated_dims
 
     with np.load(exp.inputs_path) as data:
         f = {k: data[k] for k in data.files}
     g = onnx_io.load(exp.model_path)
     prep, target = prepare_spec(g, f)
     run_pipeline(g, prep, PassContext(target=target, calibration=[f]))
-    drop_generated_dims(g)
+    forget_generated_dims(g)
     return g, f
 
 

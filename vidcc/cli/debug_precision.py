@@ -28,7 +28,7 @@ def run(args) -> int:
     from vidcc import model
     from vidcc.errors import VidccError
     from vidcc.pass_manager import PassContext, run_pipeline
-    from vidcc.precision_debug import debug_precision
+    from vidcc.precision_debug import debug_precision, forget_generated_dims
 
     graph, source = model.load(args.model)
     if args.inputs:
@@ -43,8 +43,12 @@ def run(args) -> int:
         if synth is None:
             raise VidccError("no inputs: pass --inputs FILE.npz (the model has dynamic input shapes)")
         feeds = synth[0]
-    if args.pipeline:
-        run_pipeline(graph, args.pipeline, PassContext(calibration=[feeds]))
+    # static shapes from the feeds: TVM compiles static shapes, and the search runs on these feeds only
+    binds = ",".join(f'"{n}={"x".join(map(str, np.shape(feeds[n])))}"' for n in graph.inputs
+                     if n in feeds and np.ndim(feeds[n]))
+    spec = ",".join(p for p in (f"infer-shapes{{shapes=[{binds}]}}" if binds else "", args.pipeline) if p)
+    run_pipeline(graph, spec, PassContext(calibration=[feeds]))
+    forget_generated_dims(graph)
     target = args.cosine if args.cosine is not None else (0.999 if args.dtype == "fp16" else 0.995)
     say = (lambda s: None) if args.json else (lambda s: console.print(s, highlight=False, markup=False))
     say(f"{args.model}: {len(graph)} nodes; {args.dtype} on {args.runtime}, target cosine {target} "
