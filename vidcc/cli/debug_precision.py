@@ -58,6 +58,8 @@ def run(args) -> int:
     if args.json:
         print_json(result.to_json())
         return 0 if result.reached else 1
+    if result.runtime_gaps:
+        say(f"kept fp32 throughout, {args.runtime} cannot compute them in {args.dtype}: {', '.join(result.runtime_gaps)}")
     say(f"start ({args.start}): cosine {result.start_cosine:.6f}; {result.candidates} low compute nodes")
     if result.all_fp32_cosine is not None:
         say(f"all candidates fp32: cosine {result.all_fp32_cosine:.6f}")
