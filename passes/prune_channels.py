@@ -168,20 +168,41 @@ def select(an: Analysis, groups: list[Group], score: np.ndarray, *, ratio: float
             keep = min(options, key=lambda k: (abs(k - target), k))
             n_remove = n - keep
         else:
-            weight = {c: sum(grp.counts[p].get(c, 0) for p in grp.producers) for c in grp.classes}
-            total = sum(weight.values())
-            n_remove, removed_w = 0, 0
-            for c in sorted(cands, key=lambda c: cls_score[c]):
-                if removed_w + weight[c] / 2 > ratio * total or n_remove >= len(grp.classes) - 1:
-                    break
-                removed_w += weight[c]
-                n_remove += 1
-            notes.append({"kind": "note", "group": _group_name(an, grp),
-                          "reason": "classes of unequal size (GroupNorm groups across a Concat): round_to not applied"})
+            n_remove, aligned, width = _unequal(grp, sorted(cands, key=lambda c: cls_score[c]), ratio, round_to)
+            if aligned < width:
+                notes.append({"kind": "note", "group": _group_name(an, grp),
+                              "reason": f"classes of unequal size (GroupNorm groups across a Concat): {aligned} of "
+                                        f"{width} producers kept a multiple of round_to={round_to}"})
         if n_remove <= 0:
             continue
         chosen.update(sorted(cands, key=lambda c: cls_score[c])[:n_remove])
     return chosen, notes
+
+
+def _unequal(grp: Group, order: list[int], ratio: float, round_to: int) -> tuple[int, int, int]:
+    """How many of the ranked classes to remove from a group whose classes differ in size: near
+    `ratio` of its channels (within 10%), as many producers as possible left a multiple of round_to.
+    Returns (count, aligned producers, producers)."""
+    weight = {c: sum(grp.counts[p].get(c, 0) for p in grp.producers) for c in grp.classes}
+    total = sum(weight.values())
+    kept = {p: sum(grp.counts[p].values()) for p in grp.producers}
+    best, removed = (0, -1, float("inf")), 0.0
+    for n in range(0, len(order) + 1):
+        if n:
+            c = order[n - 1]
+            removed += weight[c]
+            for p in grp.producers:
+                kept[p] -= grp.counts[p].get(c, 0)
+            if min(kept.values()) <= 0:
+                break
+        off = abs(removed - ratio * total)
+        if n and off > 0.1 * total and removed > ratio * total:
+            break
+        if off <= 0.1 * total or n == 0:
+            aligned = sum(1 for k in kept.values() if k % round_to == 0)
+            if (aligned, -off) > (best[1], -best[2]) and (n or ratio == 0):
+                best = (n, aligned, off)
+    return best[0], max(best[1], 0), len(grp.producers)
 
 
 def _group_name(an: Analysis, grp: Group) -> str:
