@@ -262,7 +262,33 @@ def _static_model(model_path: Path, header, shapes: dict[str, list[int]], tmp: P
     graph = onnx_io.load(model_path)
     binds = ",".join(f'"{n}={"x".join(map(str, s))}"' for n, s in shapes.items() if s)
     run_pipeline(graph, f"infer-shapes{{shapes=[{binds}]}},fold-constants,cse,dce", PassContext())
-    return onnx_io.save(graph, tmp / "static.onnx")
+    path = onnx_io.save(graph, tmp / "static.onnx")
+    if graph.nodes_by_op("Shape"):
+        path = _gs_fold(path)
+    return path
+
+
+def _gs_fold(path: Path) -> Path:
+    """Shape bookkeeping that vidcc's inference could not type (a Reshape whose target is computed
+    leaves its output's dims unknown, so nothing after it folds): onnx-graphsurgeon's folding, which
+    re-infers and evaluates shape subgraphs with ONNX Runtime, repeated until nothing changes."""
+    import onnx
+    import onnx_graphsurgeon as gs
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # its graph-optimizer notes are not the user's business
+    model = onnx.load(str(path))
+    for _ in range(4):
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        graph = gs.import_onnx(model)
+        before = len(graph.nodes)
+        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
+        model = gs.export_onnx(graph)
+        if len(graph.nodes) == before:
+            break
+    out = path.with_name("static-folded.onnx")
+    onnx.save_model(model, str(out))
+    return out
 
 
 def _prim_funcs_after_fusion(mod, target) -> list:
