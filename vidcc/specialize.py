@@ -135,7 +135,8 @@ def compile_routed(model: str, target_name: str, *, pipeline: str = "", bindings
     key = art.content_key({
         "kind": "routed/1", "model": art.model_digest(source.path),
         "passes": [(p.spec, reg.plugin_of(type(p))) for p in passes], "router": reg.plugin_of(cls),
-        "target": target.name, "options": target.options, "bindings": bindings, "feeds": art.feeds_digest(feeds),
+        "target": target.name, "options": target.options, "bindings": bindings,
+        "schedule": sched.to_json() if sched else None, "feeds": art.feeds_digest(feeds),
         "gate": gate, "tools": versions})
     n_values = len(next(iter(bindings.values())))
 
