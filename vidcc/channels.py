@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from vidcc.ir import IMPLICIT, Graph, Node
+from vidcc.ir import Graph, Node
 
 MS = "com.microsoft"
 
@@ -591,8 +591,8 @@ class Analysis:
                 src = self.info[e[1]]
                 same = len(src.axes) == 1 and not src.hidden and out_info.ids.ndim == 1 \
                     and src.ids.shape == out_info.ids.shape
-                if same and self.sym(target) == [el for el in elems] and self.graph.producer(target) is not None \
-                        and self.graph.producer(target).op_type == "Shape":
+                producer = self.graph.producer(target)
+                if same and producer is not None and producer.op_type == "Shape":
                     self.uf.union(src.ids, out_info.ids)  # reshape_as: follows by itself
                     edit.append(False)
                 elif same and not self._piece_replaceable(target, p):
