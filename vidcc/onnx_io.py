@@ -164,6 +164,10 @@ def infer_missing_types(graph: Graph, *, data_prop: bool = False) -> int:
         t = _type_of(vi)
         if not t.dtype:
             continue
+        if t.shape is not None and any(isinstance(d, str) and d.startswith("unk__") for d in t.shape):
+            # onnx names unknown dims unk__N afresh on each run; kept, they could equal an unrelated dim
+            # of the same name from an export or an earlier run, and ORT plans buffers by dim names
+            t = TensorType(t.dtype, tuple(None if isinstance(d, str) and d.startswith("unk__") else d for d in t.shape))
         old = graph.types.get(vi.name)
         if old is None or not old.dtype or (old.shape is None and t.shape is not None):
             graph.types[vi.name] = t
