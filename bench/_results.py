@@ -36,6 +36,8 @@ def versions() -> dict:
 
 
 def commit() -> str:
+    if os.environ.get("VIDCC_COMMIT"):  # runs outside a checkout (the device machine) pass it in
+        return os.environ["VIDCC_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=RESULTS.parent, check=True).stdout.strip()

@@ -45,7 +45,12 @@ def trt_builds(args) -> None:
     rows = []
     for name in args.models.split(","):
         spec = f"{name}:{args.size}"
-        exp = zoo.export(spec)
+        try:
+            exp = zoo.export(spec)
+        except Exception as exc:  # e.g. an exporter this machine's torch lacks
+            rows.append({"model": spec, "ok": False, "error": f"export: {str(exc).splitlines()[0][:300]}"})
+            print(rows[-1], flush=True)
+            continue
         with np.load(exp.inputs_path) as data:
             feeds = {k: data[k] for k in data.files}
         for tname in args.targets.split(","):

@@ -100,7 +100,9 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
                   inputs: dict[str, np.ndarray] | None = None, output_dir: str | Path | None = None,
                   use_cache: bool = True, gate: str | None = None, verify_each: bool = False,
                   status: Callable[[str], None] = lambda message: None, schedule: str | None = None,
-                  schedule_input: str | None = None) -> CompileResult:
+                  schedule_input: str | None = None, reference: dict[str, np.ndarray] | None = None) -> CompileResult:
+    """`reference`: outputs to verify against instead of the original graph on ORT CPU (for models too
+    big to run there, e.g. a GPU fp32 run); recorded in the manifest."""
     if bindings or schedule:  # routers under static bindings: one engine per route (vidcc/specialize.py)
         from vidcc.specialize import compile_routed
 
@@ -135,7 +137,7 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
     key = art.content_key({
         "model": art.model_digest(source.path), "passes": [(p.spec, reg.plugin_of(type(p))) for p in passes],
         "target": target.name, "options": target.options, "bindings": bindings, "feeds": art.feeds_digest(feeds),
-        "gate": gate, "tools": versions})
+        "gate": gate, "tools": versions, "reference": art.feeds_digest(reference) if reference is not None else None})
     pass_ctx = PassContext(target=target, bindings=bindings, calibration=[feeds], verify_each=verify_each,
                            instruments=[_StatusInstrument(status)])
 
@@ -176,13 +178,14 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
         except Exception as exc:
             raise TargetError(f"{target.name}: running the built artifact failed: {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
-        reference = V.reference_outputs(source.path, feeds)
-        per_output = V.compare_outputs(outputs, reference)
+        ref = reference if reference is not None else V.reference_outputs(source.path, feeds)
+        per_output = V.compare_outputs(outputs, ref)
         verdict = V.judge(per_output, V.gate_for(target.precision, pass_ctx.log, gate_obj_requested))
         art.save_npz_atomic(tmp / art.INPUTS, feeds)
-        art.save_npz_atomic(tmp / art.OUTPUTS, {k: outputs[k] for k in reference if k in outputs})
+        art.save_npz_atomic(tmp / art.OUTPUTS, {k: outputs[k] for k in ref if k in outputs})
         manifest["verification"] = {
-            "reference": "original graph on ONNX Runtime CPU (fp32, basic optimizations)",
+            "reference": ("given by the caller" if reference is not None else
+                          "original graph on ONNX Runtime CPU (fp32, basic optimizations)"),
             "inputs": {"file": art.INPUTS, "from": feeds_from,
                        "shapes": {k: [list(v.shape), v.dtype.name] for k, v in feeds.items()}},
             "outputs": art.OUTPUTS,
