@@ -178,7 +178,7 @@ def _build_into(tmp: Path, entry: Entry, size: str, exporter: str, opset: int, w
     with exporters.scratch_dir(tmp) as raw_dir:
         raw = Path(raw_dir) / "model.onnx"
         exporters.run_export(built, exporter, opset, raw, external=external, family=entry.family,
-                             extra=entry.extra, progress=say)
+                             extra=entry.extra)
         timings["export_s"] = time.perf_counter() - start
         built.module, built.experts = None, {}  # free the torch weights before onnx loads its copy
         gc.collect()

@@ -25,12 +25,11 @@ _SKIPPED_REWRITES = {"SlicesSplit"}
 
 
 def export_legacy(built: Built, path: Path, opset: int) -> None:
-    names = list(built.inputs)
-    axes = {k: v for k, v in built.dynamic.items()}
     with torch.no_grad():
         torch.onnx.export(
             built.module, tuple(built.inputs.values()), str(path), dynamo=False, opset_version=opset,
-            input_names=names, output_names=built.output_names, dynamic_axes=axes, do_constant_folding=True,
+            input_names=list(built.inputs), output_names=built.output_names, dynamic_axes=dict(built.dynamic),
+            do_constant_folding=True,
         )
 
 
@@ -104,7 +103,7 @@ def _ir_to_proto(model) -> onnx.ModelProto:
 
 
 def run_export(built: Built, exporter: str, opset: int, path: Path, *, external: bool, family: str,
-               extra: dict, progress: Callable[[str], None]) -> None:
+               extra: dict) -> None:
     """Export into `path`; raise VidccError with the reason when the exporter cannot do it."""
     try:
         if exporter == "legacy":
