@@ -45,7 +45,7 @@ def _optimize(name, exporter, target_name):
     verify(graph)
     stats = {}
     for rec in ctx.log:
-        if rec.name.startswith("fuse-"):
+        if rec.name.startswith(("fuse-", "unpack-")):
             stats.update({k: v for k, v in rec.stats.items() if isinstance(v, str) and "/" in v})
     return exp, feeds, graph, stats
 
