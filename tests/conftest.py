@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -9,6 +11,17 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 from vidcc import plugins
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_zoo_cache(request, tmp_path_factory):
+    """Every test shares one zoo export cache (pytest's cache dir, persistent across runs), also the
+    tests that point VIDCC_CACHE_DIR at a fresh directory for their artifacts."""
+    if not os.environ.get("VIDCC_ZOO_CACHE_DIR"):
+        cache = request.config.cache
+        path = cache.mkdir("vidcc-zoo") if cache is not None else tmp_path_factory.mktemp("vidcc-zoo")
+        os.environ["VIDCC_ZOO_CACHE_DIR"] = str(path)
+    yield
 
 
 @pytest.fixture(autouse=True)

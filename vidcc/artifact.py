@@ -32,6 +32,7 @@ from vidcc.errors import VidccError
 
 SCHEMA = "vidcc.artifact/1"
 MANIFEST = "manifest.json"
+TIMINGS = "timings.json"  # when and how long: kept out of the manifest so that it is deterministic
 INPUTS = "inputs.npz"
 OUTPUTS = "outputs.npz"
 
@@ -130,7 +131,7 @@ def content_key(parts: dict[str, Any]) -> str:
 def describe_files(directory: Path) -> dict[str, dict[str, Any]]:
     files = {}
     for p in sorted(directory.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and p.name not in (MANIFEST, TIMINGS):
             files[p.relative_to(directory).as_posix()] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}
     return files
 
@@ -158,6 +159,50 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+def _is_volatile(key: str) -> bool:
+    return key == "created" or key == "seconds" or key.endswith("_seconds")
+
+
+def split_volatile(tree: Any) -> tuple[Any, Any]:
+    """(tree without timestamps and durations, those values at the same paths, or None)."""
+    if isinstance(tree, dict):
+        stable, volatile = {}, {}
+        for k, v in tree.items():
+            if _is_volatile(k):
+                volatile[k] = v
+            else:
+                stable[k], sub = split_volatile(v)
+                if sub is not None:
+                    volatile[k] = sub
+        return stable, (volatile or None)
+    if isinstance(tree, list):
+        pairs = [split_volatile(v) for v in tree]
+        subs = [sub for _, sub in pairs]
+        return [item for item, _ in pairs], (subs if any(sub is not None for sub in subs) else None)
+    return tree, None
+
+
+def merge_volatile(tree: Any, volatile: Any) -> None:
+    """Put split_volatile's second half back in place (in memory only)."""
+    if isinstance(tree, dict) and isinstance(volatile, dict):
+        for k, v in volatile.items():
+            if k in tree and isinstance(v, (dict, list)):
+                merge_volatile(tree[k], v)
+            elif k not in tree:
+                tree[k] = v
+    elif isinstance(tree, list) and isinstance(volatile, list):
+        for item, v in zip(tree, volatile):
+            if v is not None:
+                merge_volatile(item, v)
+
+
+def _read_timings(path: Path) -> Any:
+    try:
+        return json.loads((path / TIMINGS).read_text())
+    except (OSError, ValueError):
+        return {}  # timings are informative only; a missing or broken file costs nothing
+
+
 class Artifact:
     def __init__(self, path: Path, manifest: dict[str, Any]):
         self.path = Path(path)
@@ -172,6 +217,8 @@ class Artifact:
             manifest = json.loads((path / MANIFEST).read_text())
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"'{path / MANIFEST}' is unreadable: {exc}") from None
+        if isinstance(manifest, dict):
+            merge_volatile(manifest, _read_timings(path))
         if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
             raise ArtifactError(f"'{path}' has manifest schema {manifest.get('schema') if isinstance(manifest, dict) else '?'}, "
                                 f"expected {SCHEMA}")
@@ -291,7 +338,9 @@ class Cache:
             try:
                 manifest = build(tmp)
                 manifest.update(schema=SCHEMA, key=key, files=describe_files(tmp))
-                write_json_atomic(tmp / MANIFEST, manifest)
+                stable, volatile = split_volatile(manifest)
+                write_json_atomic(tmp / TIMINGS, volatile or {})
+                write_json_atomic(tmp / MANIFEST, stable)
                 final = self.entry(key)
                 if final.exists():
                     self._discard(final)
