@@ -21,16 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._results import write_result  # noqa: E402
-
-
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+from bench.ort_fusion import session  # noqa: E402
 
 
 def interleaved_medians(sessions: list, feeds: dict, runs: int, warmup: int) -> list[dict]:

@@ -124,13 +124,7 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
     status(f"resolving {model}")
     source = models.resolve(model)
     signature = V.input_signature(source.path)
-    if inputs is not None:
-        feeds, feeds_from = inputs, "user"
-    elif (sample := source.sample_inputs()) is not None:
-        feeds, feeds_from = sample, "model"
-    else:
-        feeds, feeds_from = V.random_feeds(signature), "random"
-    V.check_feeds(feeds, signature)
+    feeds, feeds_from = V.choose_feeds(source, signature, inputs)
     bindings = bindings or {}
     gate_obj_requested = gate
     versions = art.tool_versions(target)

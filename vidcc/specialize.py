@@ -118,13 +118,7 @@ def compile_routed(model: str, target_name: str, *, pipeline: str = "", bindings
     unknown = [k for k in bindings if k not in signature]
     if unknown:
         raise VidccError(f"--bind {unknown[0]}: the model has no input '{unknown[0]}' (inputs: {', '.join(signature)})")
-    if inputs is not None:
-        feeds, feeds_from = inputs, "user"
-    elif (sample := source.sample_inputs()) is not None:
-        feeds, feeds_from = sample, "model"
-    else:
-        feeds, feeds_from = V.random_feeds(signature), "random"
-    V.check_feeds(feeds, signature)
+    feeds, feeds_from = V.choose_feeds(source, signature, inputs)
     shapes = {k: tuple(v.shape) for k, v in feeds.items()}
 
     status(f"loading {source.path.name}")

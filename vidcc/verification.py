@@ -211,6 +211,20 @@ def random_feeds(signature: dict[str, dict[str, Any]], *, dims: dict[str, int] |
     return feeds
 
 
+def choose_feeds(source, signature: dict[str, dict[str, Any]], inputs: dict[str, np.ndarray] | None = None
+                 ) -> tuple[dict[str, np.ndarray], str]:
+    """(feeds, where from): the user's inputs, else the model's sample inputs, else seeded random ones;
+    checked against the model's inputs."""
+    if inputs is not None:
+        feeds, origin = inputs, "user"
+    elif (sample := source.sample_inputs()) is not None:
+        feeds, origin = sample, "model"
+    else:
+        feeds, origin = random_feeds(signature), "random"
+    check_feeds(feeds, signature)
+    return feeds, origin
+
+
 def check_feeds(feeds: dict[str, np.ndarray], signature: dict[str, dict[str, Any]]) -> None:
     """Raise one clear line when feeds do not match a model's inputs (names, dtypes, static dims)."""
     from vidcc.errors import VidccError
