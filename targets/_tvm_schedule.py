@@ -75,6 +75,13 @@ class Contraction(_CpuRule):
         if len(reductions) != 1 or "O" in reductions[0].dom_kind():
             return None
         main = reductions[0]
+        pos = infos.index(main)
+        for b in infos[:pos]:  # inline producers first: the operands' real access patterns show
+            if not b.is_data_pad(sch):
+                try:
+                    sch.compute_inline(b.block_rv)
+                except Exception:
+                    pass  # keeps its own block; scheduled below
         block = sch.get(main.block_rv)
         if len(block.reads) < 2 or len(block.writes) != 1 or not block.writes[0].region:
             return None
@@ -88,15 +95,23 @@ class Contraction(_CpuRule):
         v = bvars.index(inner)
         if iters[v].kind != "S" or not isinstance(iters[v].dom, int):
             return None
-        # operands indexed by the vector axis must use it in their last dim only (contiguous loads)
-        vector_reads = []
-        for read in block.reads:
+        # operands indexed by the vector axis must use it in their last dim only (contiguous loads); an
+        # operand that is a plain transpose (attention's K^T: [b, j, k] read with j the vector axis) is
+        # copied once into [b, k, j] so it is
+        copies = []
+        for index, read in enumerate(block.reads):
             uses = [d for d, rg in enumerate(read.region) if inner in _vars(rg.min)]
-            if not uses:
+            if not uses or uses == [len(read.region) - 1]:
                 continue
-            if uses != [len(read.region) - 1]:
+            if len(uses) != 1 or not all(isinstance(rg.min, tirx.Var) and int(rg.extent) == 1 for rg in read.region):
                 return None
-            vector_reads.append(read)
+            copies.append((index, uses[0]))
+        for index, d in copies:
+            copy = sch.cache_read(main.block_rv, index, "global")
+            sch.transform_layout(copy, ("write", 0), lambda *i, d=d: (*i[:d], *i[d + 1:], i[d]))
+            _parallel_vectorize(sch, copy, lanes)
+        block = sch.get(main.block_rv)
+        vector_reads = [r for r in block.reads if any(inner in _vars(rg.min) for rg in r.region)]
         if not vector_reads:
             return None
         vector_deps = set().union(*(_vars(rg.min) for r in vector_reads for rg in r.region))
@@ -108,13 +123,6 @@ class Contraction(_CpuRule):
         if vi is None:
             return None
 
-        pos = infos.index(main)
-        for b in infos[:pos]:
-            if not b.is_data_pad(sch):
-                try:
-                    sch.compute_inline(b.block_rv)
-                except Exception:
-                    pass  # keeps its own block; scheduled below
         epilogue = infos[pos + 1:]
         for b in epilogue[:-1]:
             sch.compute_inline(b.block_rv)
