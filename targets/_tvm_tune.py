@@ -216,10 +216,9 @@ def _in_process():
 
     import tvm
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+    from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
     from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common, run_evaluator_common
-    from tvm.ir.utils import derived_object
 
     built: dict[str, Any] = {}
     counter = itertools.count()
@@ -232,7 +231,7 @@ def _in_process():
             for item in build_inputs:
                 try:
                     key = f"vidcc-in-memory-{next(counter)}"
-                    built[key] = default_build(item.mod, item.target, None)
+                    built[key] = _build(item.mod, item.target)
                     results.append(ms.builder.BuilderResult(key, None))
                 except Exception as exc:  # an invalid candidate is a failed trial, not a failed tune
                     results.append(ms.builder.BuilderResult(None, f"{type(exc).__name__}: {exc}"[:2000]))
@@ -266,6 +265,17 @@ def _in_process():
             return futures
 
     return Builder(), Runner()
+
+
+def _build(mod, target):
+    """MetaSchedule's default_build, through tvm.compile (its tvm.build is deprecated)."""
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    funcs = {gv: f if "global_symbol" in (f.attrs or {}) else f.with_attr("global_symbol", gv.name_hint)
+             for gv, f in mod.functions_items()}
+    return tvm.tirx.build(tvm.IRModule(funcs), target=target)  # a runtime module: time_evaluator
 
 
 def _random_fill():
@@ -361,11 +371,10 @@ def _seed_default(func_mod, target, database) -> float | None:
     if sch is None:  # no rule applies: the unscheduled function is the default
         sch = s_tir.Schedule(func_mod)
     try:
-        from tvm.s_tir.meta_schedule.builder.local_builder import default_build
         from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
         from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common, run_evaluator_common
 
-        rt = default_build(sch.mod, target, None)
+        rt = _build(sch.mod, target)
         dev = tvm.cpu()
         info = [a.as_json() for a in ms.arg_info.ArgInfo.from_prim_func(func)]
         args = alloc_argument_common(_random_fill(), dev, info, 1)
