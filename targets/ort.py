@@ -78,18 +78,11 @@ class OrtTarget(Target):
         return settings
 
     def build(self, model_path: Path, out_dir: Path, ctx: BuildContext) -> dict[str, Any]:
-        converted = False
-        if self.precision == "fp16":
-            from ._fp16 import ensure_fp16
-
-            ctx.status("converting to fp16 (stopgap until the precision passes exist)")
-            converted = ensure_fp16(model_path)
         settings = self._settings()
         optimized = out_dir / "ort_optimized.onnx" if self.options.get("save_optimized") else None
         ctx.status("creating an ONNX Runtime session")
         _session(model_path, settings, optimized)  # fails here if the EP cannot run the graph
-        return {"settings": settings, "fp16_stopgap": converted,
-                "ort_optimized": optimized.name if optimized else None}
+        return {"settings": settings, "ort_optimized": optimized.name if optimized else None}
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any]) -> Runner:
         settings = manifest.get("build", {}).get("settings") or self._settings()

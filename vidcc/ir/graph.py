@@ -146,13 +146,17 @@ class Graph:
         return Counter({op: len(ids) for op, ids in self._by_op.items() if ids})
 
     # ---- names ---------------------------------------------------------------------------------
+    def _name_taken(self, name: str) -> bool:
+        # dict lookups only: passes call unique_name once per new tensor
+        return (name in self._producer or name in self.constants or name in self._uses or name in self.types
+                or name in self.io_meta or name in self.inputs)
+
     def unique_name(self, hint: str) -> str:
-        taken = self.tensor_names() | set(self.io_meta)
-        if hint not in taken:
+        if not self._name_taken(hint):
             return hint
         for i in itertools.count(1):
             candidate = f"{hint}_{i}"
-            if candidate not in taken:
+            if not self._name_taken(candidate):
                 return candidate
         raise AssertionError
 
