@@ -190,11 +190,7 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
 
     cache = art.Cache()
     artifact, cached = cache.get_or_build(key, build, reuse=use_cache)
-    ver = artifact.manifest["verification"]
-    metrics = {k: V.OutputMetrics(**{f: (float(v) if isinstance(v, str) and f not in ("name", "dtype", "error") else v)
-                                     for f, v in m.items()}) for k, m in ver["metrics"].items()}
-    verdict_json = ver["verdict"]
-    verdict = V.Verdict(verdict_json["passed"], V.GATES[verdict_json["gate"]], list(verdict_json["failures"]))
+    metrics, verdict = V.from_manifest(artifact.manifest["verification"])
     log = pass_ctx.log if not cached else [PassRecord(**{**r, "details": []}) for r in artifact.manifest["pass_log"]]
     if cached:
         pass_ctx.log = log

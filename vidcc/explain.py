@@ -174,17 +174,9 @@ def _summary(graph: Graph, feeds, hint: dict[str, TensorType] | None = None
 
 def graph_macs(graph: Graph, hint: dict[str, TensorType]) -> tuple[int, int]:
     """(MACs, nodes of unknown cost) of a graph, static shapes from `hint` where its own are not."""
-    from vidcc.stats import node_macs
+    from vidcc.stats import total_macs
 
-    view = TypeView(State(graph), hint)
-    total, unknown = 0, 0
-    for node in graph.nodes:
-        m = node_macs(view, node)
-        if m is None:
-            unknown += 1
-        else:
-            total += m
-    return total, unknown
+    return total_macs(TypeView(State(graph), hint), graph.nodes)
 
 
 def _pipeline_summary(passes: list[dict[str, Any]], before: dict, after: dict, net: dict) -> dict[str, Any]:

@@ -244,11 +244,7 @@ def compile_routed(model: str, target_name: str, *, pipeline: str = "", bindings
 
     cache = art.Cache()
     artifact, cached = cache.get_or_build(key, build, reuse=use_cache)
-    ver = artifact.manifest["verification"]
-    metrics = {k: V.OutputMetrics(**{f: (float(v) if isinstance(v, str) and f not in ("name", "dtype", "error") else v)
-                                     for f, v in m.items()}) for k, m in ver["metrics"].items()}
-    vj = ver["verdict"]
-    verdict = V.Verdict(vj["passed"], V.GATES[vj["gate"]], list(vj["failures"]))
+    metrics, verdict = V.from_manifest(artifact.manifest["verification"])
     log = [PassRecord(**{**r, "details": []}) for r in artifact.manifest["pass_log"]]
     result = CompileResult(artifact, cached, verdict, metrics, log)
     plugins.hook().vidcc_after_compile(artifact=artifact, ctx=PassContext(target=target, bindings=bindings, log=log))

@@ -40,16 +40,22 @@ def node_macs(graph: Graph, node: Node) -> int | None:
     return 0
 
 
-def summarize(graph: Graph) -> dict[str, Any]:
-    params = sum(c.size for c in graph.constants.values() if c.dtype in _FLOAT_TYPES)
-    weight_bytes = sum(c.nbytes for c in graph.constants.values())
-    macs, unknown = 0, 0
-    for node in graph.nodes:
-        m = node_macs(graph, node)
+def total_macs(types, nodes) -> tuple[int, int]:
+    """(MACs, nodes of unknown cost); `types` answers type_of() (a Graph, or a view with shape hints)."""
+    total, unknown = 0, 0
+    for node in nodes:
+        m = node_macs(types, node)
         if m is None:
             unknown += 1
         else:
-            macs += m
+            total += m
+    return total, unknown
+
+
+def summarize(graph: Graph) -> dict[str, Any]:
+    params = sum(c.size for c in graph.constants.values() if c.dtype in _FLOAT_TYPES)
+    weight_bytes = sum(c.nbytes for c in graph.constants.values())
+    macs, unknown = total_macs(graph, graph.nodes)
     precision = Counter(n.precision or "unassigned" for n in graph.nodes)
     return {
         "nodes": len(graph),

@@ -211,6 +211,14 @@ def random_feeds(signature: dict[str, dict[str, Any]], *, dims: dict[str, int] |
     return feeds
 
 
+def from_manifest(ver: dict[str, Any]) -> tuple[dict[str, OutputMetrics], "Verdict"]:
+    """Metrics and verdict back from an artifact manifest's "verification" section."""
+    metrics = {k: OutputMetrics(**{f: (float(v) if isinstance(v, str) and f not in ("name", "dtype", "error") else v)
+                                   for f, v in m.items()}) for k, m in ver["metrics"].items()}
+    vj = ver["verdict"]
+    return metrics, Verdict(vj["passed"], GATES[vj["gate"]], list(vj["failures"]))
+
+
 def choose_feeds(source, signature: dict[str, dict[str, Any]], inputs: dict[str, np.ndarray] | None = None
                  ) -> tuple[dict[str, np.ndarray], str]:
     """(feeds, where from): the user's inputs, else the model's sample inputs, else seeded random ones;
