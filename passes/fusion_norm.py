@@ -273,15 +273,21 @@ def _layernorm_rules(rewrite, check) -> list[Rule]:
     return rules
 
 
-def _ln_axes(m: Match, g: Graph):
+def _trailing_axes(m: Match, g: Graph, reduction: str):
+    """The axes the matched reduction normalizes, if they are a trailing block (what LayerNormalization
+    and RMSNormalization normalize); else the reason they are not."""
     rank = rank_of(g, m["x"])
-    axes = reduce_axes(g, m.node("mean"))
+    axes = reduce_axes(g, m.node(reduction))
     if rank is None or axes is None:
         return "unknown rank or axes"
     axes = sorted(a % rank for a in axes)
     if axes != list(range(axes[0], rank)):
-        return f"reduces axes {axes}, not a trailing block (LayerNormalization normalizes the last axes)"
+        return f"reduces axes {axes}, not a trailing block (the fused op normalizes the last axes)"
     return axes
+
+
+def _ln_axes(m: Match, g: Graph):
+    return _trailing_axes(m, g, "mean")
 
 
 def _ln_params(m: Match, g: Graph):
@@ -360,13 +366,9 @@ def _rmsnorm_rules(rewrite, check) -> list[Rule]:
 
 
 def _rms_params(m: Match, g: Graph):
-    rank = rank_of(g, m["x"])
-    axes = reduce_axes(g, m.node("ms"))
-    if rank is None or axes is None:
-        return "unknown rank or axes"
-    axes = sorted(a % rank for a in axes)
-    if axes != list(range(axes[0], rank)):
-        return f"reduces axes {axes}, not a trailing block"
+    axes = _trailing_axes(m, g, "ms")
+    if isinstance(axes, str):
+        return axes
     if not m.node("ms").attr("keepdims", 1):
         return "ReduceMean drops the reduced axes"
     eps = scalar(g, m["eps"])
