@@ -96,6 +96,25 @@ def full_spec(target, user_spec: str) -> str:
     return ",".join(s for s in (target.default_pipeline.strip(), (user_spec or "").strip()) if s)
 
 
+def optimize_and_build(graph, passes, pass_ctx, target, out_dir: Path, feeds: dict[str, np.ndarray],
+                       status: Callable[[str], None]) -> tuple[Path, dict[str, Any], float]:
+    """Run the passes, save the optimized model into out_dir and build it: (model path, the target's
+    manifest entries, build seconds). Shared by plain and routed (one engine per route) compiles."""
+    from vidcc import onnx_io
+    from vidcc.ir import verify
+    from vidcc.pass_manager import PassManager
+    from vidcc.target import BuildContext
+
+    PassManager(passes).run(graph, pass_ctx)
+    verify(graph, require_types=False)
+    model_path = onnx_io.save(graph, out_dir / "model.onnx")
+    status(f"building for {target.name}")
+    t0 = time.perf_counter()
+    entries = target.build(model_path, out_dir, BuildContext(feeds=feeds, pass_ctx=pass_ctx, work_dir=out_dir,
+                                                             status=status)) or {}
+    return model_path, entries, time.perf_counter() - t0
+
+
 def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings: dict[str, list] | None = None,
                   inputs: dict[str, np.ndarray] | None = None, output_dir: str | Path | None = None,
                   use_cache: bool = True, gate: str | None = None, verify_each: bool = False,
@@ -113,7 +132,7 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
             return routed
     from vidcc import model as models
     from vidcc import plugins
-    from vidcc.pass_manager import PassContext, PassManager, PassRecord
+    from vidcc.pass_manager import PassContext, PassRecord
     from vidcc.pipeline import build_pipeline
 
     target = get_target(target_name)
@@ -137,20 +156,11 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
 
     def build(tmp: Path) -> dict[str, Any]:
         from vidcc import onnx_io
-        from vidcc.ir import verify
 
         status(f"loading {source.path.name}")
         graph = onnx_io.load(source.path)
         nodes_before = len(graph)
-        PassManager(passes).run(graph, pass_ctx)
-        verify(graph, require_types=False)
-        model_path = onnx_io.save(graph, tmp / "model.onnx")
-        status(f"building for {target.name}")
-        t0 = time.perf_counter()
-        from vidcc.target import BuildContext
-
-        entries = target.build(model_path, tmp, BuildContext(feeds=feeds, pass_ctx=pass_ctx, work_dir=tmp, status=status)) or {}
-        build_s = time.perf_counter() - t0
+        model_path, entries, build_s = optimize_and_build(graph, passes, pass_ctx, target, tmp, feeds, status)
         manifest = {
             "created": art.now(),
             "target": {"name": target.name, "options": target.options, "precision": target.precision},

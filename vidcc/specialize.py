@@ -101,8 +101,9 @@ def compile_routed(model: str, target_name: str, *, pipeline: str = "", bindings
     from vidcc import model as models
     from vidcc import onnx_io, plugins
     from vidcc import verification as V
-    from vidcc.compile import CompileResult, _StatusInstrument, full_spec, get_target, require_available
-    from vidcc.pass_manager import PassContext, PassManager, PassRecord
+    from vidcc.compile import (CompileResult, _StatusInstrument, full_spec, get_target, optimize_and_build,
+                               require_available)
+    from vidcc.pass_manager import PassContext, PassRecord
     from vidcc.pipeline import build_pipeline
 
     cls = router_pass()
@@ -156,18 +157,9 @@ def compile_routed(model: str, target_name: str, *, pipeline: str = "", bindings
                               instruments=[_StatusInstrument(status)])
             g = s.graph
             nodes_specialized = len(g)
-            PassManager(passes).run(g, ctx)
-            from vidcc.ir import verify
-
-            verify(g, require_types=False)
-            model_path = onnx_io.save(g, engine_dir / "model.onnx")
-            status(f"engine {i}: building for {target.name}")
-            from vidcc.target import BuildContext
-
-            t0 = time.perf_counter()
-            entries = target.build(model_path, engine_dir, BuildContext(feeds=feeds_for(feeds, first), pass_ctx=ctx,
-                                                                        work_dir=engine_dir, status=status)) or {}
-            build_s = time.perf_counter() - t0
+            model_path, entries, build_s = optimize_and_build(
+                g, passes, ctx, target, engine_dir, feeds_for(feeds, first),
+                lambda message, i=i: status(f"engine {i}: {message}"))
             engine_manifest = {"build": {"seconds": round(build_s, 3), **entries}}
             runner = target.load(engine_dir, engine_manifest)
             gate_obj = V.gate_for(target.precision, ctx.log, gate)
