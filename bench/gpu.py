@@ -6,7 +6,13 @@
             --targets ort-cuda-fp16,tvm-cuda-fp16 --torch eager,compile
         Latency per evaluation (median), % of the fp16 peak from vidcc's FLOP count, peak device memory,
         cosine vs fp32 (torch fp32 on the GPU, TF32 off: a CPU reference of a 45 TFLOP model would take
-        minutes), beside torch eager and torch.compile on the same model and inputs.
+        minutes), beside torch eager and torch.compile on the same model and inputs. Targets compile with
+        static shapes (one shape per evaluation, as torch.compile and TensorRT engines do) unless --dynamic.
+
+    python bench/gpu.py ort-profile --model svd-unet:small --frames 14 --height 72 --width 128 \
+            --target ort-cuda-fp16 --variants '{"nhwc": {"prefer_nhwc": "1"}}'
+        The target's compiled graph under CUDA-EP option variants (median each, one process), and the
+        profile of the first: time per op type and provider, nodes the CUDA EP did not take.
 
 Results go to bench/results/gpu-*.json (and --out-dir, for copying back from the device machine).
 """
@@ -168,7 +174,7 @@ def table(args) -> None:
     from vidcc.compare import compare
 
     report = compare(exp.model_path.as_posix(), [t for t in args.targets.split(",") if t], inputs=feeds,
-                     repeat=args.repeat, reference={"out_sample" if "out_sample" in built.output_names else built.output_names[0]: ref})
+                     repeat=args.repeat, static_shapes=not args.dynamic, reference={"out_sample" if "out_sample" in built.output_names else built.output_names[0]: ref})
     for r in report["rows"]:
         if r.get("latency_median_ms") is None:
             rows.append({"target": r["target"], "error": r.get("error") or r.get("reason")})
@@ -178,6 +184,87 @@ def table(args) -> None:
     _save(f"gpu-table-{name}-{size}", {"model": args.model, "latent": [args.frames, args.height, args.width],
                                         "flops": flops, "device": _device(), "reference": "torch fp32 on the GPU (TF32 off)",
                                         "rows": rows}, args.out_dir)
+
+
+def ort_profile(args) -> None:
+    import collections
+
+    import onnxruntime as ort
+
+    from vidcc.compile import compile_model
+    from vidcc.measure import time_fn
+
+    from vidcc import zoo
+
+    exp_feeds = _feeds_at(zoo.export(args.model), args.frames, args.height, args.width)
+    result = compile_model(args.model, args.target, inputs=exp_feeds, gate="lossy", static_shapes=not args.dynamic)
+    model_path = result.artifact.path / "model.onnx"
+    base = dict(result.manifest["build"]["settings"].get("cuda_options", {}))
+    on_gpu = result.manifest["build"]["settings"]["provider"] == "CUDAExecutionProvider"
+    device = "cuda" if on_gpu else "cpu"
+    variants = {"base": {}, **json.loads(args.variants)}
+    rows, profile = [], None
+    for label, extra in variants.items():
+        opts = {**base, **extra}
+        cuda_graph = opts.get("enable_cuda_graph") == "1"
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if label == "base":
+            so.enable_profiling = True
+            so.profile_file_prefix = f"/tmp/ortprof-{args.target}"
+        providers = [("CUDAExecutionProvider", opts), "CPUExecutionProvider"] if on_gpu else ["CPUExecutionProvider"]
+        sess = ort.InferenceSession(str(model_path), so, providers=providers)
+        binding = sess.io_binding()
+        dev = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), device, 0) for k, v in exp_feeds.items()}
+        for k, v in dev.items():
+            binding.bind_ortvalue_input(k, v)
+        if label == "base":
+            out_like = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, exp_feeds)))
+        for name, like in out_like.items():
+            if cuda_graph:  # fixed output buffers: a replayed graph writes to the captured addresses
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_shape_and_type(like.shape, like.dtype, device, 0))
+            else:
+                binding.bind_output(name, device)
+
+        def step():
+            sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        try:
+            timing = time_fn(step, runs=args.repeat, warmup=3)
+            rows.append({"variant": label, "options": opts, "median_ms": round(timing.median_ms, 2)})
+        except Exception as exc:
+            rows.append({"variant": label, "options": opts, "error": str(exc).splitlines()[0][:300]})
+        print(rows[-1], flush=True)
+        if label == "base":
+            profile = _summarize_profile(sess.end_profiling(), args.top)
+        del sess, binding, dev
+    import onnx
+
+    nodes = collections.Counter(n.op_type for n in onnx.load(str(model_path), load_external_data=False).graph.node)
+    _save(f"gpu-ort-profile-{args.model.replace(':', '-')}-{args.target}",
+          {"model": args.model, "target": args.target, "latent": [args.frames, args.height, args.width],
+           "device": _device(), "variants": rows, "profile": profile, "op_counts": dict(nodes.most_common())}, args.out_dir)
+
+
+def _summarize_profile(path: str, top: int) -> dict:
+    """ORT's chrome-trace profile -> ms per (op type, provider) per run, and the slowest nodes."""
+    import collections
+
+    events = [e for e in json.load(open(path)) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    runs = max(1, sum(1 for e in json.load(open(path)) if e.get("name") == "model_run"))
+    by_op, by_node = collections.Counter(), collections.Counter()
+    providers = collections.Counter()
+    for e in events:
+        a = e.get("args", {})
+        key = f"{a.get('op_name', '?')}@{a.get('provider', '?').replace('ExecutionProvider', '')}"
+        by_op[key] += e["dur"] / 1e3 / runs
+        by_node[f"{e['name'][:-12]} ({a.get('op_name')})"] += e["dur"] / 1e3 / runs
+        providers[a.get("provider", "?")] += 1
+    return {"runs": runs, "total_kernel_ms": round(sum(by_op.values()), 2),
+            "by_op_ms": {k: round(v, 2) for k, v in by_op.most_common(top)},
+            "slowest_nodes_ms": {k: round(v, 3) for k, v in by_node.most_common(top)},
+            "kernel_events_per_provider": dict(providers)}
 
 
 def main() -> int:
@@ -198,8 +285,21 @@ def main() -> int:
     b.add_argument("--targets", default="ort-cuda-fp16,tvm-cuda-fp16")
     b.add_argument("--torch", default="eager,compile")
     b.add_argument("--repeat", type=int, default=5)
+    b.add_argument("--dynamic", action="store_true", help="compile for dynamic shapes (default: --static-shapes)")
     b.add_argument("--out-dir")
     b.set_defaults(func=table)
+    c = sub.add_parser("ort-profile")
+    c.add_argument("--model", default="svd-unet:small")
+    c.add_argument("--frames", type=int, default=14)
+    c.add_argument("--height", type=int, default=72)
+    c.add_argument("--width", type=int, default=128)
+    c.add_argument("--target", default="ort-cuda-fp16")
+    c.add_argument("--variants", default="{}", help="JSON: label -> extra CUDA EP options")
+    c.add_argument("--repeat", type=int, default=10)
+    c.add_argument("--dynamic", action="store_true", help="compile for dynamic shapes (default: --static-shapes)")
+    c.add_argument("--top", type=int, default=25)
+    c.add_argument("--out-dir")
+    c.set_defaults(func=ort_profile)
     args = p.parse_args()
     args.func(args)
     return 0

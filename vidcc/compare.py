@@ -55,6 +55,7 @@ class TargetRow:
 
 def compare(model: str, targets: list[str], *, pipeline: str = "", inputs: dict[str, np.ndarray] | None = None,
             repeat: int = 10, warmup: int = 2, use_cache: bool = True, reference: dict[str, np.ndarray] | None = None,
+            static_shapes: bool = False,
             progress: Callable[[str, str], None] = lambda target, message: None) -> dict[str, Any]:
     """Compile and measure each target; returns {"model", "inputs", "rows": [TargetRow.to_json()]}."""
     from vidcc import model as models
@@ -85,7 +86,7 @@ def compare(model: str, targets: list[str], *, pipeline: str = "", inputs: dict[
                 progress(target.name, "compiling")
                 t0 = time.perf_counter()
                 result = compile_model(model, target.name, pipeline=pipeline, inputs=feeds, use_cache=use_cache,
-                                       reference=reference, status=lambda message, t=target.name: progress(t, message))
+                                       reference=reference, static_shapes=static_shapes, status=lambda message, t=target.name: progress(t, message))
                 row.build_s = round(result.artifact.manifest["build"].get("seconds", time.perf_counter() - t0), 3)
                 row.cached, row.verified = result.cached, result.verdict.passed
                 row.artifact = str(result.artifact.path)

@@ -119,15 +119,20 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
                   inputs: dict[str, np.ndarray] | None = None, output_dir: str | Path | None = None,
                   use_cache: bool = True, gate: str | None = None, verify_each: bool = False,
                   status: Callable[[str], None] = lambda message: None, schedule: str | None = None,
-                  schedule_input: str | None = None, reference: dict[str, np.ndarray] | None = None) -> CompileResult:
+                  schedule_input: str | None = None, reference: dict[str, np.ndarray] | None = None,
+                  static_shapes: bool = False) -> CompileResult:
     """`reference`: outputs to verify against instead of the original graph on ORT CPU (for models too
-    big to run there, e.g. a GPU fp32 run); recorded in the manifest."""
+    big to run there, e.g. a GPU fp32 run); recorded in the manifest. `static_shapes`: specialize the
+    graph to the shapes of the verification inputs (every named dimension bound, so shape bookkeeping
+    folds away and fusions that need static head sizes apply); the artifact then runs only those shapes."""
     if bindings or schedule:  # routers under static bindings: one engine per route (vidcc/specialize.py)
         from vidcc.specialize import compile_routed
 
         routed, bindings = compile_routed(model, target_name, pipeline=pipeline, bindings=bindings, schedule=schedule,
                                           schedule_input=schedule_input, inputs=inputs, output_dir=output_dir,
                                           use_cache=use_cache, gate=gate, verify_each=verify_each, status=status)
+        if routed is not None and static_shapes:
+            raise VidccError("static shapes are not supported for routed (MoE) compiles yet: drop --static-shapes")
         if routed is not None:
             return routed
     from vidcc import model as models
@@ -145,13 +150,15 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
     signature = V.input_signature(source.path)
     feeds, feeds_from = V.choose_feeds(source, signature, inputs)
     bindings = bindings or {}
+    dims = V.symbolic_dims(signature, feeds) if static_shapes else {}
     gate_obj_requested = gate
     versions = art.tool_versions(target)
     key = art.content_key({
         "model": art.model_digest(source.path), "passes": [(p.spec, reg.plugin_of(type(p))) for p in passes],
-        "target": target.name, "options": target.options, "bindings": bindings, "feeds": art.feeds_digest(feeds),
+        "target": target.name, "options": target.options, "bindings": bindings, "static_shapes": dims or None,
+        "feeds": art.feeds_digest(feeds),
         "gate": gate, "tools": versions, "reference": art.feeds_digest(reference) if reference is not None else None})
-    pass_ctx = PassContext(target=target, bindings=bindings, calibration=[feeds], verify_each=verify_each,
+    pass_ctx = PassContext(target=target, bindings={**bindings, **dims}, calibration=[feeds], verify_each=verify_each,
                            instruments=[_StatusInstrument(status)])
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -167,6 +174,7 @@ def compile_model(model: str, target_name: str, *, pipeline: str = "", bindings:
             "model": {"source": source.spec, "path": str(source.path), "digest": art.model_digest(source.path)},
             "pipeline": {"spec": spec, "passes": [p.spec for p in passes]},
             "bindings": bindings,
+            "static_shapes": dims,
             "tool_versions": versions,
             "pass_log": [r.to_json() for r in pass_ctx.log],
             "graph": {"nodes_before": nodes_before, "nodes_after": len(graph), "inputs": V.input_signature(model_path),

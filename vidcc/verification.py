@@ -171,6 +171,22 @@ _NP = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.i
        10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
 
 
+def symbolic_dims(signature: dict[str, dict[str, Any]], feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    """{dim name: size} of every named dimension of the inputs at these feeds' shapes; a name that
+    takes two sizes is an error (the feeds disagree with the model)."""
+    from vidcc.errors import VidccError
+
+    dims: dict[str, int] = {}
+    for name, info in signature.items():
+        if name not in feeds or not info["shape"]:
+            continue
+        for d, size in zip(info["shape"], np.shape(feeds[name])):
+            if isinstance(d, str):
+                if dims.setdefault(d, int(size)) != size:
+                    raise VidccError(f"input '{name}': dimension '{d}' is {size} here but {dims[d]} in another input")
+    return dims
+
+
 def input_signature(model_path: str | Path) -> dict[str, dict[str, Any]]:
     """{name: {"dtype": numpy dtype name, "shape": [int | str | None]}} of a model's real inputs."""
     import onnx

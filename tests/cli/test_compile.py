@@ -93,3 +93,17 @@ def test_failed_verification_exits_3_and_writes_no_output(capsys, cnn, tmp_path,
     code, out, err = cli(capsys, "compile", cnn, "-t", "ort", "-o", tmp_path / "art")
     assert code == 3 and "verification failed" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "art").exists()
+
+
+def test_static_shapes_specialize_the_graph_and_fuse_attention(capsys, tmp_path):
+    # svd-unet's attention scale reads the head size through Shape ops: only static shapes fold it
+    code, out, err = cli(capsys, "compile", "svd-unet:tiny", "-t", "ort", "--static-shapes", "-o", tmp_path / "art")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["static_shapes"] == {"frames": 2, "height": 16, "width": 16}
+    assert manifest["graph"]["inputs"]["sample"]["shape"] == [1, 2, 8, 16, 16]
+    stats = {r["name"]: r["stats"] for r in manifest["pass_log"]}
+    assert stats["fuse-attention"]["Attention"] == "16/16"
+    assert manifest["verification"]["verdict"]["passed"]
+    dynamic = json.loads(cli(capsys, "compile", "svd-unet:tiny", "-t", "ort", "--json")[1])
+    assert dynamic["nodes_after"] > manifest["graph"]["nodes_after"]

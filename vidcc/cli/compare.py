@@ -13,6 +13,7 @@ def add_parser(sub):
     p.add_argument("--inputs", metavar="FILE.npz", help="inputs (default: the model's sample inputs)")
     p.add_argument("--repeat", type=int, default=10, help="timed runs per target (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--static-shapes", action="store_true", help="specialize every target to the inputs' shapes")
     p.add_argument("--no-cache", action="store_true", help="rebuild every target")
     p.add_argument("--plot", metavar="FILE.svg", help="write a latency-vs-error plot (SVG)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -32,7 +33,8 @@ def run(args) -> int:
         raise VidccError(f"--plot writes SVG: give a .svg file name, not '{args.plot}'")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     inputs = load_npz(args.inputs) if args.inputs else None
-    kwargs = dict(pipeline=args.pipeline, inputs=inputs, repeat=args.repeat, warmup=args.warmup, use_cache=not args.no_cache)
+    kwargs = dict(pipeline=args.pipeline, inputs=inputs, repeat=args.repeat, warmup=args.warmup, use_cache=not args.no_cache,
+                  static_shapes=args.static_shapes)
     if args.json:
         report = compare(args.model, targets, **kwargs)
     else:

@@ -20,6 +20,8 @@ def add_parser(sub):
     p.add_argument("--inputs", metavar="FILE.npz", help="verification inputs (default: the model's sample inputs)")
     p.add_argument("--gate", choices=["exact", "fp16", "bf16", "lossy"], help="verification gate (default: by target "
                    "precision and the passes that ran)")
+    p.add_argument("--static-shapes", action="store_true",
+                   help="specialize to the shapes of the verification inputs (the artifact runs only those)")
     p.add_argument("--no-cache", action="store_true", help="rebuild even if the cache holds this artifact")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -46,17 +48,14 @@ def run(args) -> int:
 
     bindings = parse_bindings(args.bind)
     inputs = load_npz(args.inputs) if args.inputs else None
+    kwargs = dict(pipeline=args.pipeline, bindings=bindings, inputs=inputs, output_dir=args.output,
+                  use_cache=not args.no_cache, gate=args.gate, verify_each=args.verify_each, schedule=args.schedule,
+                  schedule_input=args.schedule_input, static_shapes=args.static_shapes)
     if args.json:
-        result = compile_model(args.model, args.target, pipeline=args.pipeline, bindings=bindings, inputs=inputs,
-                               output_dir=args.output, use_cache=not args.no_cache, gate=args.gate,
-                               verify_each=args.verify_each, schedule=args.schedule,
-                               schedule_input=args.schedule_input)
+        result = compile_model(args.model, args.target, **kwargs)
     else:
         with err_console.status("compiling", spinner="dots") as spinner:
-            result = compile_model(args.model, args.target, pipeline=args.pipeline, bindings=bindings, inputs=inputs,
-                                   output_dir=args.output, use_cache=not args.no_cache, gate=args.gate,
-                                   verify_each=args.verify_each, schedule=args.schedule,
-                                   schedule_input=args.schedule_input,
+            result = compile_model(args.model, args.target, **kwargs,
                                    status=lambda message: spinner.update(f"[bold]{args.target}[/]: {message}"))
     summary = summarize(result)
     if args.json:
