@@ -136,9 +136,10 @@ def mean_abs_activations(graph: Graph, an: Analysis, feeds_list: list[dict]) -> 
 
 # ---- selection --------------------------------------------------------------------------------------
 def select(an: Analysis, groups: list[Group], score: np.ndarray, *, ratio: float, round_to: int,
-           allowed: set[int]) -> tuple[set[int], list[dict]]:
+           allowed: set[int], head_rounding: str = "up") -> tuple[set[int], list[dict]]:
     """Per group, the least important `ratio` of its classes among the allowed ones, keeping each
-    producer's channel count a multiple of round_to where the classes are uniform."""
+    producer's channel count a multiple of round_to where the classes are uniform. A group of
+    attention heads rounds its count up (head_rounding="up"): see _keep."""
     roots = an.uf.roots
     members: dict[int, list[int]] = defaultdict(list)
     for i, r in enumerate(roots.tolist()):
@@ -165,7 +166,8 @@ def select(an: Analysis, groups: list[Group], score: np.ndarray, *, ratio: float
                 options = list(range(max(1, floor_keep), n + 1))
                 notes.append({"kind": "note", "group": _group_name(an, grp),
                               "reason": f"round_to={round_to} not reachable with {n} classes of {sorted(set(units.values()))}"})
-            keep = min(options, key=lambda k: (abs(k - target), k))
+            heads = head_rounding == "up" and all("head" in an.tags.get(c, ()) for c in cands)
+            keep = _keep(options, target, up=heads)
             n_remove = n - keep
         else:
             n_remove, aligned, width = _unequal(grp, sorted(cands, key=lambda c: cls_score[c]), ratio, round_to)
@@ -177,6 +179,18 @@ def select(an: Analysis, groups: list[Group], score: np.ndarray, *, ratio: float
             continue
         chosen.update(sorted(cands, key=lambda c: cls_score[c])[:n_remove])
     return chosen, notes
+
+
+def _keep(options: list[int], target: float, *, up: bool) -> int:
+    """The number of classes to keep: the option nearest `target`, or with up=True the largest one
+    not above it (at least `ratio` removed). Heads round up because attention's own cost (QK^T,
+    softmax, AV: heads x tokens^2) only falls by whole heads, and a block has few of them: nearest
+    would keep 3 of 4 heads at ratio 0.3, leaving three quarters of that cost."""
+    if up:
+        below = [k for k in options if k <= target + 1e-9]
+        if below:
+            return max(below)
+    return min(options, key=lambda k: (abs(k - target), k))
 
 
 def _unequal(grp: Group, order: list[int], ratio: float, round_to: int) -> tuple[int, int, int]:
@@ -319,6 +333,9 @@ class PruneChannels(Pass):
       mean |activation| on the calibration inputs (ctx.calibration, else the sample inputs);
     - granularity: channel = every prunable class; group = only classes that are GroupNorm groups
       (conv feature maps); head = only attention heads;
+    - head_rounding: up (default) = a group of attention heads loses at least `ratio` of its heads
+      (2 of 4 at 0.3): attention's cost (heads x tokens^2) only falls by whole heads, and with a
+      handful of heads per block the nearest count would leave most of it; nearest = like the rest;
     - norms=false leaves classes coupled through LayerNorm/RMSNorm statistics alone;
     - classes the analysis cannot prove (graph outputs, unknown ops, unprovable reshapes) stay, with
       the reason in the details.
@@ -332,6 +349,7 @@ class PruneChannels(Pass):
     criterion: Literal["l1", "l2", "taylor"] = "l1"
     granularity: Literal["channel", "group", "head"] = "channel"
     round_to: int = 8
+    head_rounding: Literal["up", "nearest"] = "up"
     norms: bool = True
     measure: bool = True
 
@@ -342,6 +360,8 @@ class PruneChannels(Pass):
             raise ValueError(f"criterion must be l1, l2 or taylor, got {self.criterion!r}")
         if self.granularity not in ("channel", "group", "head"):
             raise ValueError(f"granularity must be channel, group or head, got {self.granularity!r}")
+        if self.head_rounding not in ("up", "nearest"):
+            raise ValueError(f"head_rounding must be up or nearest, got {self.head_rounding!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
 
@@ -366,7 +386,8 @@ class PruneChannels(Pass):
                 raise ValueError("criterion=taylor needs calibration inputs (ctx.calibration) or a graph with static input shapes")
             acts = mean_abs_activations(graph, an, list(ctx.calibration or [feeds]))
         score = importance(an, self.criterion, acts)
-        chosen, notes = select(an, groups, score, ratio=self.ratio, round_to=self.round_to, allowed=allowed)
+        chosen, notes = select(an, groups, score, ratio=self.ratio, round_to=self.round_to, allowed=allowed,
+                               head_rounding=self.head_rounding)
         refused = _refused_groups(an, groups)
         if not chosen:
             return PassResult(False, {"groups": f"0/{len(groups)}", "refused_groups": len(refused)}, refused + notes)

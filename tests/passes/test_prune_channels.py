@@ -21,6 +21,7 @@ from vidcc.pipeline import build_pipeline
     ("prune-channels{criterion=l3}", "'l3' is not one of l1, l2, taylor"),
     ("prune-channels{granularity=block}", "not one of channel, group, head"),
     ("prune-channels{round_to=0}", "round_to must be an integer >= 1"),
+    ("prune-channels{head_rounding=down}", "not one of up, nearest"),
     ("prune-channels{rate=0.3}", "has no option 'rate'"),
 ])
 def test_options_are_validated(spec, message):
@@ -83,6 +84,22 @@ def test_attention_heads_go_whole_and_residual_through_layernorm():
     shape = next(n for n in graph.nodes if n.name.startswith("q_split"))
     assert graph.constants[shape.inputs[1]].array.tolist() == [0, -1, 2, 4]
     assert out_channels(graph, "embed") == 8 and out_channels(graph, "ff1") == 16
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("rounding, heads_kept", [("up", 2), ("nearest", 3)])
+def test_head_groups_round_up_by_default(fused, rounding, heads_kept):
+    # 4 heads at 0.3: 2.8 heads to keep; heads round up to at least the ratio (2 kept), nearest keeps 3;
+    # channel groups round to nearest either way (MLP hidden 32 -> 22)
+    graph, rec = prune(cg.attention, f"prune-channels{{ratio=0.3,round_to=1,head_rounding={rounding}}}", fused=fused)
+    assert out_channels(graph, "to_q") == 4 * heads_kept and out_channels(graph, "to_v") == 4 * heads_kept
+    assert out_channels(graph, "ff1") == 22
+    if fused:
+        attn = next(n for n in graph.nodes if n.op_type == "Attention")
+        assert attn.attr("q_num_heads") == heads_kept
+    else:
+        shape = next(n for n in graph.nodes if n.name.startswith("q_split"))
+        assert graph.constants[shape.inputs[1]].array.tolist() == [0, -1, heads_kept, 4]
 
 
 def test_norms_false_leaves_layernorm_coupled_channels():
