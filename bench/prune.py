@@ -5,7 +5,8 @@
     python bench/prune.py --models svd-unet:tiny --runs 5   # quick look
 
 Latency: both graphs in one process, one ORT CPU session each, runs interleaved (base, pruned, base,
-...) so drift hits both alike; medians of --runs timed runs after --warmup. Writes
+...) so drift hits both alike; medians of --runs timed runs after --warmup. --profile adds ORT's
+kernel time per op type of both graphs (a profiled session each, after the timed runs). Writes
 bench/results/prune.json (machine, commit, command, versions)."""
 
 from __future__ import annotations
@@ -40,6 +41,35 @@ def interleaved_medians(sessions: list, feeds: dict, runs: int, warmup: int) -> 
              "samples_ms": [round(v, 3) for v in x]} for x in samples]
 
 
+def op_profile(path: Path, feeds: dict, threads: int, runs: int = 3) -> dict[str, float]:
+    """Mean kernel ms per op type over `runs` runs after a warm-up, from ORT's profiler: where the
+    time goes (the sum is below the wall time: no session overhead, no thread-pool waits)."""
+    import json
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    so.profile_file_prefix = str(path.with_suffix(""))
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    args = {k: v for k, v in feeds.items() if k in names}
+    for _ in range(runs + 1):
+        sess.run(None, args)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    first = starts[-runs] if len(starts) >= runs else 0  # the warm-up run is left out
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
+            op = e["args"]["op_name"]
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1e3 / runs
+    return {k: round(v, 3) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}
+
+
 def bench_model(spec: str, args) -> dict:
     from vidcc import onnx_io, zoo
     from vidcc.compile import get_target
@@ -55,7 +85,8 @@ def bench_model(spec: str, args) -> dict:
     pre_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="vidcc-prune-bench-") as tmp:
         base = onnx_io.save(graph, Path(tmp) / "base.onnx")
-        spec_prune = f"prune-channels{{ratio={args.ratio},criterion={args.criterion},round_to={args.round_to}}}"
+        spec_prune = (f"prune-channels{{ratio={args.ratio},criterion={args.criterion},round_to={args.round_to},"
+                      f"head_rounding={args.head_rounding}}}")
         t0 = time.perf_counter()
         run_pipeline(graph, spec_prune, ctx)
         prune_s = time.perf_counter() - t0
@@ -70,6 +101,8 @@ def bench_model(spec: str, args) -> dict:
             outs.append(dict(zip([o.name for o in s.get_outputs()], s.run(None, {k: v for k, v in feeds.items() if k in names}))))
         quality = {k: metrics(k, outs[1][k], outs[0][k]).to_json() for k in outs[0]}
         lat = interleaved_medians(sessions, feeds, args.runs, args.warmup)
+        profile = {"unpruned": op_profile(base, feeds, args.threads),
+                   "pruned": op_profile(pruned, feeds, args.threads)} if args.profile else None
     summary = next(d for d in record.details if d["kind"] == "summary")
     p0, p1 = summary["params"]
     b0, b1 = summary["weight_bytes"]
@@ -87,6 +120,7 @@ def bench_model(spec: str, args) -> dict:
         "cosine": worst["cosine"], "psnr_db": worst["psnr_db"], "outputs": quality,
         "seconds": {"pre_pipeline": round(pre_s, 2), "prune": round(prune_s, 2)},
         "refused": [d for d in record.details if d["kind"] == "refused"][:20],
+        **({"kernel_ms_per_op": profile} if profile else {}),
         "goals": {"params_and_bytes_at_least_45pct_lower": p1 <= 0.55 * p0 and b1 <= 0.55 * b0,
                   "latency_at_least_1.5x_lower": lat[0]["median_ms"] >= 1.5 * lat[1]["median_ms"]},
     }
@@ -102,12 +136,14 @@ def main(argv=None) -> int:
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--criterion", default="l1", choices=["l1", "l2", "taylor"])
     ap.add_argument("--round-to", type=int, default=8)
+    ap.add_argument("--head-rounding", default="up", choices=["up", "nearest"])
     ap.add_argument("--pre", default="cleanup,fuse", help="pipeline applied to both graphs before pruning")
     ap.add_argument("--target", default="ort", help="target whose ops the fusions emit ('' for none)")
     ap.add_argument("--exporter", default="", help="zoo exporter (default: the entry's)")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
+    ap.add_argument("--profile", action="store_true", help="also record ORT kernel time per op type")
     ap.add_argument("--name", default="prune", help="results file name")
     args = ap.parse_args(argv)
     results = [bench_model(m.strip(), args) for m in args.models.split(",") if m.strip()]
