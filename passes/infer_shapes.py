@@ -87,6 +87,11 @@ def refresh_types(graph: Graph) -> int:
         if vi.name in graph.inputs or vi.name in graph.constants:
             continue
         new = _type_of(vi)
+        if new.shape is not None and any(isinstance(d, str) and d.startswith("unk__") for d in new.shape):
+            # unk__N is named afresh by each inference run: kept, a later run's unk__N can name another
+            # size (moe-dit-trouter:small: 1 routed token vs all 1024), and ORT's buffer planner trusts dim names
+            new = TensorType(new.dtype, tuple(None if isinstance(d, str) and d.startswith("unk__") else d
+                                              for d in new.shape))
         old = graph.types.get(vi.name, TensorType())
         if _specificity(new) > _specificity(old) and (not old.dtype or old.dtype == new.dtype):
             graph.types[vi.name] = new

@@ -161,6 +161,45 @@ def test_calibration_sources(tmp_path):
     assert "synthetic" in ctx.log[0].stats["calibration"]
 
 
+def routed_tokens() -> onnx.ModelProto:
+    """The smallest graph where moe-dit(-trouter):small's calibration failed: two expert branches
+    gather a data-dependent number of tokens (a: all 8, b: 1). b's Reshape target is known only once
+    fold-constants evaluates it, so shape inference runs that type a and b are different runs; each
+    numbered its unknown dims from unk__0, both got unk__3, and ONNX Runtime's buffer planner, which
+    trusts dim names, reused a's {8,4} buffer for b's {1,4} probe ('Shape mismatch ... re-use buffer')."""
+    def branch(tag, mask, target):
+        return [helper.make_node("NonZero", [mask], [f"i{tag}"]),
+                helper.make_node("Reshape", [f"i{tag}", target], [f"r{tag}"]),
+                helper.make_node("Gather", ["x", f"r{tag}"], [tag]),
+                helper.make_node("Relu", [tag], [f"{tag}1"]),
+                helper.make_node("ReduceSum", [f"{tag}1"], [f"sum{tag}"], keepdims=0)]
+
+    nodes = [helper.make_node("Shape", ["m1"], ["m1s"]),
+             helper.make_node("Reshape", ["m1", "m1s"], ["sa"]),      # [-1] by data propagation (run 1)
+             helper.make_node("Max", ["k1", "k2"], ["kk"]),            # [-1] only after folding
+             helper.make_node("Reshape", ["m1", "kk"], ["sb0"]),
+             helper.make_node("Reshape", ["sb0", "kk"], ["sb1"]),
+             helper.make_node("Identity", ["sb1"], ["sb"]),
+             *branch("a", "ma", "sa"), *branch("b", "mb", "sb"),
+             helper.make_node("Add", ["suma", "sumb"], ["y"])]
+    ins = [helper.make_tensor_value_info("x", T.FLOAT, [8, 4]), helper.make_tensor_value_info("ma", T.BOOL, [8]),
+           helper.make_tensor_value_info("mb", T.BOOL, [8])]
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("m1", [-1]), ("k1", [-1]), ("k2", [-2]))]
+    graph = helper.make_graph(nodes, "routed", ins, [helper.make_tensor_value_info("y", T.FLOAT, [])], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_calibration_runs_on_data_dependent_token_counts():
+    g = onnx_io.from_proto(routed_tokens())
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    feed = {"x": x, "ma": np.ones(8, bool), "mb": np.eye(8, dtype=bool)[3]}
+    ctx = run_pipeline(g, "cleanup,tag-precision", PassContext(calibration=[feed], verify_each=True))
+    assert ctx.log[-1].stats["calibration"] == "1 feed(s), ctx"
+    generated = {d for t in g.types.values() for d in t.shape or () if isinstance(d, str) and d.startswith("unk__")}
+    assert not generated  # inference's fresh names never reach the graph
+    np.testing.assert_allclose(run_ort(g, feed)["y"], np.maximum(x, 0).sum() + np.maximum(x[3], 0).sum(), rtol=1e-5)
+
+
 def test_materialize_without_tags_changes_nothing():
     g = onnx_io.from_proto(unet_block())
     before = len(g)
