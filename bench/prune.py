@@ -12,6 +12,7 @@ bench/results/prune.json (machine, commit, command, versions)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -100,7 +101,9 @@ def bench_model(spec: str, args) -> dict:
             names = {i.name for i in s.get_inputs()}
             outs.append(dict(zip([o.name for o in s.get_outputs()], s.run(None, {k: v for k, v in feeds.items() if k in names}))))
         quality = {k: metrics(k, outs[1][k], outs[0][k]).to_json() for k in outs[0]}
+        load = [os.getloadavg()[0]]  # other jobs on the cores shrink the ratio: record how busy they were
         lat = interleaved_medians(sessions, feeds, args.runs, args.warmup)
+        load.append(os.getloadavg()[0])
         profile = {"unpruned": op_profile(base, feeds, args.threads),
                    "pruned": op_profile(pruned, feeds, args.threads)} if args.profile else None
     summary = next(d for d in record.details if d["kind"] == "summary")
@@ -117,6 +120,7 @@ def bench_model(spec: str, args) -> dict:
         "channels": summary["channels"], "groups": record.stats["groups"],
         "latency_ms": {"unpruned": lat[0], "pruned": lat[1]},
         "speedup": round(lat[0]["median_ms"] / lat[1]["median_ms"], 3),
+        "load_avg_1min": [round(x, 2) for x in load],
         "cosine": worst["cosine"], "psnr_db": worst["psnr_db"], "outputs": quality,
         "seconds": {"pre_pipeline": round(pre_s, 2), "prune": round(prune_s, 2)},
         "refused": [d for d in record.details if d["kind"] == "refused"][:20],
