@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vidcc.ir import Graph
-from vidcc.pass_manager import Pass, PassContext, PassResult
-from vidcc.rewrite import Const, Match, P, Rule, Var, apply_rules, emit
+import numpy as np
 
-from ._fusion import MS, OpsetGate, accepts, reshape_target, scalar
+from vidcc.ir import Graph, TensorType
+from vidcc.pass_manager import Pass, PassContext, PassResult
+from vidcc.rewrite import Const, Match, Outcome, P, Rule, Var, apply_rules, emit
+
+from ._fusion import MS, OpsetGate, accepts, reshape_target, scalar, static
 
 HEADS = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
 
@@ -226,4 +228,137 @@ class FuseAttention(Pass):
         return apply_rules(graph, _attention_rules(rewrite, check), ctx).result()
 
 
-PASSES = [FuseAttention]
+# ---- attention over one key -------------------------------------------------------------------------
+def _seq_axis(rank: int) -> int | None:
+    return {3: 1, 4: 2}.get(rank)  # [B, S, C] or [B, H, S, D]
+
+
+def _single_key_check(m: Match, g: Graph, c) -> str | None:
+    node = m.node("attn")
+    if any(node.inputs[3:]):
+        return "attention has a mask, bias or past state"
+    if any(g.is_used(o) for o in node.outputs[1:] if o):
+        return "attention's present state or scores are read"
+    if node.attr("is_causal", 0) or node.attr("unidirectional", 0):
+        return "causal attention"
+    for t in ("k", "v"):
+        shape = g.type_of(m[t]).shape
+        axis = _seq_axis(len(shape)) if shape is not None else None
+        if axis is None or shape[axis] != 1:
+            return f"{t} {shape} is not one token long"
+    out, v = g.type_of(node.outputs[0]).shape, g.type_of(m["v"]).shape
+    if not static(out) or len(v) != len(out):
+        return f"output shape {out} is not static or differs in rank from v {v}"
+    try:
+        if np.broadcast_shapes(tuple(d if isinstance(d, int) else 1 for d in v), tuple(out)) != tuple(out):
+            return f"v {v} does not broadcast to the output {out} (grouped heads)"
+    except ValueError:
+        return f"v {v} does not broadcast to the output {out} (grouped heads)"
+    return None
+
+
+def _expand(g: Graph, x: str, shape, like, made: set[str]) -> str:
+    target = g.add_constant(np.array(shape, np.int64), f"{like.name or 'broadcast'}.shape")
+    y = emit(g, "Expand", [x, target], like=like, suffix="broadcast",
+             types=[TensorType(g.type_of(x).dtype, tuple(shape))]).outputs[0]
+    made.add(y)
+    return y
+
+
+def _single_key_rules(made: set[str]) -> list[Rule]:
+    def rewrite(m: Match, g: Graph, c):
+        node = m.node("attn")
+        return [_expand(g, m["v"], g.type_of(node.outputs[0]).shape, node, made)]
+
+    return [Rule("SingleKey", P(op, Var("q"), Var("k"), Var("v"), name="attn", domain=domain), rewrite,
+                 _single_key_check, form=op) for op, domain in (("MultiHeadAttention", MS), ("Attention", ""))]
+
+
+def _bshape(*shapes):
+    try:
+        return np.broadcast_shapes(*(tuple(s) for s in shapes))
+    except (ValueError, TypeError):
+        return None
+
+
+def _sink_rules(made: set[str]) -> list[Rule]:
+    """Move a broadcast this pass made below the op that reads it (the op then runs on fewer rows)."""
+
+    def operands(m: Match) -> list[str]:  # the op's inputs with the unbroadcast x in place of the Expand
+        e = m.node("expand").outputs[0]
+        return [m["x"] if t == e else t for t in m.node("op").inputs]
+
+    def check(m: Match, g: Graph, c) -> str | None:
+        if m.node("expand").outputs[0] not in made:
+            return "not a broadcast this pass made"
+        node = m.node("op")
+        out, x = g.type_of(node.outputs[0]).shape, g.type_of(m["x"]).shape
+        if not static(out) or not static(x):
+            return "shapes are not static"
+        if node.op_type == "MatMul":
+            w = m.const("w")
+            return None if w.ndim == 2 and len(x) >= 2 and x[-1] == w.shape[0] else "not a 2-D projection of the rows"
+        if "c" in m:
+            return None if _bshape(_bshape(x, m.const("c").shape) or (0, 0, 0), out) == tuple(out) else \
+                "the constant operand changes the broadcast"
+        return None if _bshape(*(g.type_of(t).shape for t in operands(m))) == tuple(out) else \
+            "the other operand does not have the output's shape"
+
+    def rewrite(m: Match, g: Graph, c):
+        node, ins = m.node("op"), operands(m)
+        t = g.type_of(node.outputs[0])
+        if node.op_type == "MatMul":
+            rows = tuple(g.type_of(m["x"]).shape[:-1]) + (m.const("w").shape[1],)
+        else:
+            rows = _bshape(*(g.type_of(i).shape for i in ins))
+        y = emit(g, node.op_type, ins, like=node, suffix="rows", types=[TensorType(t.dtype, tuple(rows))]).outputs[0]
+        return [y if tuple(rows) == tuple(t.shape) else _expand(g, y, t.shape, node, made)]
+
+    expand = lambda: P("Expand", Var("x"), Const(), name="expand", shared=True)  # noqa: E731
+    ew = ("Add", "Sub", "Mul", "Div")
+    return [Rule("Broadcast", P(ew, expand(), Var("r"), name="op", commute=True), rewrite, check, anchor="expand",
+                 form="into-operand"),
+            Rule("Broadcast", P(ew, expand(), Const("c"), name="op", commute=True), rewrite, check, anchor="expand",
+                 form="constant"),
+            Rule("Broadcast", P("MatMul", expand(), Const("w"), name="op"), rewrite, check, anchor="expand",
+                 form="projection")]
+
+
+@dataclass(frozen=True)
+class FoldSingleKeyAttention(Pass):
+    """Attention over one key is that key's value, broadcast: the softmax of one score is exactly 1.
+
+    Rewrite cases (SVD's cross-attention reads one image-embedding token per frame):
+    - com.microsoft MultiHeadAttention(q, k, v) or Attention-23(q, k, v), no mask, bias or past, not
+      causal, no extra output read, k and v one token long (static), v broadcastable to the output
+      -> Expand(v, output shape); the query side (its norm, the Q projection) and K go dead and are removed;
+    - the broadcast then sinks below its readers, so they run on one row instead of every query:
+      MatMul(Expand(x), W[K, N] constant) -> Expand(MatMul(x, W)); Add/Sub/Mul/Div(Expand(x), constant)
+      -> Expand(op(x, constant)); op(Expand(x), r) with r of the output's shape (the residual Add)
+      -> op(x, r), which broadcasts by itself.
+    Standard ops only, so every target takes it; it sees only attention that fuse-attention fused.
+    Exact for finite scores (an inf or NaN score would have made the original NaN).
+    """
+
+    name = "fuse-single-key-attention"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        made: set[str] = set()
+        out = apply_rules(graph, _single_key_rules(made), ctx)
+        sunk = Outcome()
+        for _ in range(16):  # each round moves every broadcast one op down
+            step = apply_rules(graph, _sink_rules(made), ctx)
+            sunk.fused["Broadcast"] = sunk.fused.get("Broadcast", 0) + step.fused.get("Broadcast", 0)
+            sunk.details = [d for d in sunk.details if d["kind"] == "fused"] + step.details
+            if not step.modified:
+                break
+        removed = 0
+        if out.modified:  # the query path and K projection of a folded attention are dead now
+            from .dce import DeadCodeElimination
+
+            removed = DeadCodeElimination().run(graph, ctx).stats["nodes_removed"]
+        stats = {**out.stats(), "broadcasts moved down": sunk.fused.get("Broadcast", 0), "dead nodes removed": removed}
+        return PassResult(out.modified or bool(sunk.fused.get("Broadcast")), stats, out.details + sunk.details)
+
+
+PASSES = [FuseAttention, FoldSingleKeyAttention]

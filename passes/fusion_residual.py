@@ -81,11 +81,12 @@ def _skip(ctx, force: bool) -> str | None:
 PASSES = [FuseSkipLayerNorm]
 
 # Fusion order: folding BN first changes no pattern; norms before activations (GroupNorm's SiLU
-# tail stays a SiLU); attention before packing (packing feeds the fused op from a Split); packing and
-# unpacking are each for their own targets (ORT CPU unpacks); Gemm last.
+# tail stays a SiLU); attention, then attention over one key folded (its Q path dies), before packing
+# (packing feeds the fused op from a Split); packing and unpacking are each for their own targets
+# (ORT CPU unpacks); Gemm last.
 PIPELINES = [
     ("fuse",
-     "fuse-conv-bn,fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,fuse-qkv,"
-     "unpack-projections,fuse-skip-layernorm,fuse-gemm,dce",
+     "fuse-conv-bn,fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,"
+     "fuse-single-key-attention,fuse-qkv,unpack-projections,fuse-skip-layernorm,fuse-gemm,dce",
      "all fusions, each emitting what the target accepts (and runs best)"),
 ]

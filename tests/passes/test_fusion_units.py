@@ -339,3 +339,40 @@ def test_skip_layernorm_only_where_it_pays():
     graph, log = check(model, "fold-constants,fuse-skip-layernorm{force=true},dce", feeds, target=ORT_CPU)
     assert ops(graph) == ["com.microsoft::SkipLayerNormalization", "Relu"]
     assert graph.outputs == ["y", "r"]
+
+
+def cross_attention_block(Sk=1, form="legacy"):
+    """x + out_proj(attention(x Wq, enc Wk, enc Wv)): the cross-attention of a UNet block."""
+    base, _ = attention_model(form, Sq=6, Sk=Sk)
+    B, C = 2, 8
+    g = base.graph
+    pre = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["enc", "wk"], ["k"]),
+           helper.make_node("MatMul", ["enc", "wv"], ["v"])]
+    post = [helper.make_node("MatMul", ["y", "wo"], ["proj"]), helper.make_node("Add", ["proj", "bo"], ["ob"]),
+            helper.make_node("Add", ["ob", "x"], ["out"])]
+    inits = list(g.initializer) + [init(n, rand(C, C, seed=i)) for i, n in enumerate(["wq", "wk", "wv", "wo"])]
+    inits.append(init("bo", rand(C, seed=7)))
+    model = make_model(pre + list(g.node) + post, [V("x", T.FLOAT, [B, 6, C]), V("enc", T.FLOAT, [B, Sk, C])],
+                       [V("out", T.FLOAT, [B, 6, C])], inits)
+    return model, {"x": rand(B, 6, C, seed=1), "enc": rand(B, Sk, C, seed=2)}
+
+
+@pytest.mark.parametrize("target,form", [(ORT_CPU, "legacy"), (None, "dynamo")])
+def test_single_key_attention_folds_to_broadcast_value(target, form):
+    model, feeds = cross_attention_block(Sk=1, form=form)
+    graph, log = check(model, "fuse-attention,fuse-single-key-attention", feeds, target=target)
+    # the query side is gone, the out projection runs on the one row, the residual Add broadcasts it
+    assert ops(graph) == ["MatMul", "MatMul", "Add", "Add"]
+    stats = log["fuse-single-key-attention"].stats
+    assert stats["SingleKey"] == "1/1" and stats["broadcasts moved down"] == 3
+    assert graph.type_of(graph.toposort()[2].outputs[0]).shape == (2, 1, 8)
+
+
+def test_single_key_attention_refused_for_several_keys_and_kept_as_expand_at_an_output():
+    model, feeds = cross_attention_block(Sk=3)
+    graph, log = check(model, "fuse-attention,fuse-single-key-attention", feeds, target=ORT_CPU)
+    rec = log["fuse-single-key-attention"]
+    assert rec.stats["SingleKey"] == "0/1" and "not one token long" in rec.details[0]["reason"]
+    model, feeds = attention_model(Sq=6, Sk=1)  # attention straight into the graph output
+    graph, log = check(model, "fuse-attention,fuse-single-key-attention", feeds, target=ORT_CPU)
+    assert ops(graph) == ["Expand"]
