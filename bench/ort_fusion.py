@@ -37,7 +37,7 @@ def vidcc_optimize(src: Path, feeds: dict, spec: str, dst: Path) -> dict:
     onnx_io.save(graph, dst)
     stats = {}
     for rec in ctx.log:
-        if rec.name.startswith(("fuse-", "unpack-")):
+        if rec.name.startswith(("fuse-", "unpack-", "temporal-")):
             stats.update({k: v for k, v in rec.stats.items() if isinstance(v, str) and "/" in v})
     return {"pipeline": spec, "optimize_seconds": round(seconds, 2), "nodes": len(graph), "fused": stats}
 

@@ -8,7 +8,8 @@ graph with explicit casts at the boundaries and fp32 graph inputs/outputs.
 """
 
 CLEANUP = "cleanup"
-FUSIONS = "fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,fuse-single-key-attention"
+FUSIONS = ("fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,fuse-single-key-attention,"
+           "temporal-conv-2d")
 STANDARD = f"{CLEANUP},{FUSIONS}"
 FP16 = f"{STANDARD},tag-precision{{dtype=fp16}},materialize-precision"
 BF16 = f"{STANDARD},tag-precision{{dtype=bf16}},materialize-precision"

@@ -376,3 +376,17 @@ def test_single_key_attention_refused_for_several_keys_and_kept_as_expand_at_an_
     model, feeds = attention_model(Sq=6, Sk=1)  # attention straight into the graph output
     graph, log = check(model, "fuse-attention,fuse-single-key-attention", feeds, target=ORT_CPU)
     assert ops(graph) == ["Expand"]
+
+
+def test_temporal_conv_as_2d_on_ort_cpu_only():
+    model = make_model([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 0, 0, 1, 0, 0]),
+                        helper.make_node("Conv", ["c", "w2"], ["y"], pads=[1, 1, 1, 1, 1, 1])],  # a 3x3x3 one stays
+                       [V("x", T.FLOAT, [1, 4, 5, 3, 3])], [V("y", T.FLOAT, None)],
+                       [init("w", rand(6, 4, 3, 1, 1)), init("b", rand(6, seed=1)), init("w2", rand(2, 6, 3, 3, 3, seed=2))])
+    feeds = {"x": rand(1, 4, 5, 3, 3)}
+    graph, log = check(model, "infer-shapes,temporal-conv-2d,dce", feeds, target=ORT_CPU)
+    assert ops(graph) == ["Reshape", "Conv", "Reshape", "Conv"]
+    assert graph.type_of(graph.toposort()[1].outputs[0]).shape == (1, 6, 5, 9)
+    assert log["temporal-conv-2d"].stats == {"TemporalConv": "1/2"}
+    graph, log = check(model, "infer-shapes,temporal-conv-2d,dce", feeds, target=TVM)
+    assert ops(graph) == ["Conv", "Conv"] and "skipped" in log["temporal-conv-2d"].stats["TemporalConv"]
