@@ -159,6 +159,10 @@ class TvmTarget(Target):
                     from ._tvm_fastmath import fast_math
 
                     first.append(fast_math)
+                if self.options.get("fp32_accumulate", self.kind == "cuda"):  # as cuBLAS/cuDNN do
+                    from ._tvm_accumulate import fp32_accumulation
+
+                    first.insert(0, fp32_accumulation)
                 mod = tvm.transform.Sequential(first + legalize)(mod)
                 if db is not None:
                     mod = db.apply(mod, target)

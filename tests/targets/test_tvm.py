@@ -165,3 +165,34 @@ def test_tvm_llvm_on_tiny_svd():
     out = result.artifact.runner().run(result.artifact.sample_inputs())
     for name, ref in result.artifact.verified_outputs().items():
         assert np.array_equal(out[name], ref)
+
+
+def test_fp16_matmul_and_conv_accumulate_in_fp32():
+    from tvm import relax
+    from tvm.script import relax as R
+
+    from targets._tvm_accumulate import fp32_accumulation
+
+    @tvm.script.ir_module
+    class Mod:
+        @R.function
+        def main(x: R.Tensor((4, 9216), "float16"), w: R.Tensor((9216, 8), "float16"),
+                 img: R.Tensor((1, 8, 6, 6), "float16"), k: R.Tensor((4, 8, 3, 3), "float16"),
+                 a: R.Tensor((2, 3), "float32"), b: R.Tensor((3, 2), "float32")):
+            with R.dataflow():
+                y = R.matmul(x, w)
+                c = R.nn.conv2d(img, k, padding=(1, 1))
+                f = R.matmul(a, b)  # fp32 stays as it is
+                R.output(y, c, f)
+            return (y, c, f)
+
+    text = fp32_accumulation(Mod).script()
+    assert text.count('out_dtype="float32"') == 2 and text.count("R.astype") == 2
+    assert "padding=[1, 1, 1, 1]" in text.replace("(", "[").replace(")", "]")  # conv attributes kept
+    rng = np.random.default_rng(0)
+    args = [rng.random(s).astype(np.float16) for s in [(4, 9216), (9216, 8), (1, 8, 6, 6), (4, 8, 3, 3)]]
+    args += [rng.random(s).astype(np.float32) for s in [(2, 3), (3, 2)]]
+    vm = relax.VirtualMachine(tvm.compile(fp32_accumulation(Mod), target="llvm"), tvm.cpu())
+    y = vm["main"](*[tvm.runtime.tensor(v) for v in args])[0].numpy()
+    exact = (args[0].astype(np.float64) @ args[1].astype(np.float64)).astype(np.float16)
+    assert y.dtype == np.float16 and np.all(np.abs(y.astype(np.float64) - exact) <= np.spacing(exact))  # within one fp16 ulp
