@@ -171,7 +171,7 @@ def test_fp16_matmul_and_conv_accumulate_in_fp32():
     from tvm import relax
     from tvm.script import relax as R
 
-    from targets._tvm_accumulate import fp32_accumulation
+    from vidcc.targets._tvm_accumulate import fp32_accumulation
 
     @tvm.script.ir_module
     class Mod:
