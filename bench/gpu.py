@@ -173,7 +173,8 @@ def table(args) -> None:
 
     from vidcc.compare import compare
 
-    report = compare(exp.model_path.as_posix(), [t for t in args.targets.split(",") if t], inputs=feeds,
+    targets = [t for t in args.targets.split(",") if t]
+    report = {"rows": []} if not targets else compare(exp.model_path.as_posix(), targets, inputs=feeds,
                      repeat=args.repeat, static_shapes=not args.dynamic, reference={"out_sample" if "out_sample" in built.output_names else built.output_names[0]: ref})
     for r in report["rows"]:
         if r.get("latency_median_ms") is None:
