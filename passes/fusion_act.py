@@ -1,4 +1,4 @@
-"""Activation fusions: GELU (erf and tanh forms) and SiLU."""
+"""Activation fusions: GELU (erf and tanh forms), bias + GELU, and SiLU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from vidcc.ir import Graph
 from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.rewrite import Const, Match, P, Rule, Var, apply_rules, emit
 
-from ._fusion import MS, OpsetGate, accepts
+from ._fusion import MS, OpsetGate, accepts, ort_cpu
 
 SQRT2 = math.sqrt(2.0)
 
@@ -130,4 +130,41 @@ class FuseSiLU(Pass):
         return apply_rules(graph, [rule], ctx).result()
 
 
-PASSES = [FuseGelu, FuseSiLU]
+@dataclass(frozen=True)
+class FuseBiasGelu(Pass):
+    """Bias Add + GELU -> com.microsoft BiasGelu, on ORT CPU.
+
+    Rewrite cases (targets that accept com.microsoft BiasGelu, on ORT CPU unless `force`):
+    - Gelu(Add(x, b)) with b a constant 1-D bias over x's last axis, Gelu-20 without approximation or
+      com.microsoft Gelu -> BiasGelu(x, b). The projection before it then stays a bias-free MatMul: ORT
+      would otherwise fuse MatMul + Add into a Gemm, whose bias pass costs more than BiasGelu's
+      (GEGLU gate [4096, 64] x [64, 256]: 2.6 vs 2.8 ms, one thread). Run it after unpack-projections.
+    """
+
+    name = "fuse-bias-gelu"
+    force: bool = False
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if not accepts(ctx, "BiasGelu", MS):
+            return PassResult(False, {"BiasGelu": "target does not accept com.microsoft BiasGelu"})
+        if not (self.force or ort_cpu(ctx)):
+            return PassResult(False, {"BiasGelu": "skipped: only measured on ORT CPU (force=true to fuse)"})
+
+        def check(m: Match, g: Graph, c) -> str | None:
+            if m.node("gelu").attr("approximate", "none") not in ("none", b"none"):
+                return "tanh-approximated Gelu"
+            shape, b = g.type_of(m["x"]).shape, m.const("b")
+            if not shape or b.ndim != 1 or shape[-1] != b.shape[0]:
+                return f"bias {b.shape} is not 1-D over the last axis of {shape}"
+            return None
+
+        def rewrite(m: Match, g: Graph, c):
+            g.opsets.setdefault(MS, 1)
+            return [emit(g, "BiasGelu", [m["x"], m["b"]], like=m.node("gelu"), domain=MS).outputs[0]]
+
+        rules = [Rule("BiasGelu", P("Gelu", P("Add", Var("x"), Const("b"), name="add"), name="gelu", domain=domain),
+                      rewrite, check, form=domain or "Gelu-20") for domain in ("", MS)]
+        return apply_rules(graph, rules, ctx).result()
+
+
+PASSES = [FuseGelu, FuseSiLU, FuseBiasGelu]

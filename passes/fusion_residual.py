@@ -83,11 +83,12 @@ PASSES = [FuseSkipLayerNorm]
 # Fusion order: folding BN first changes no pattern; norms before activations (GroupNorm's SiLU
 # tail stays a SiLU); attention, then attention over one key folded (its Q path dies), before packing
 # (packing feeds the fused op from a Split); packing and unpacking are each for their own targets
-# (ORT CPU unpacks); Gemm, then the Conv layout choice last (its Reshapes would sit inside
-# other patterns).
+# (ORT CPU unpacks), then bias + GELU (sees an unpacked gate's bias); Gemm, then the Conv layout
+# choice last (its Reshapes would sit inside other patterns).
 PIPELINES = [
     ("fuse",
      "fuse-conv-bn,fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,"
-     "fuse-single-key-attention,fuse-qkv,unpack-projections,fuse-skip-layernorm,fuse-gemm,temporal-conv-2d,dce",
+     "fuse-single-key-attention,fuse-qkv,unpack-projections,fuse-bias-gelu,fuse-skip-layernorm,fuse-gemm,"
+     "temporal-conv-2d,dce",
      "all fusions, each emitting what the target accepts (and runs best)"),
 ]

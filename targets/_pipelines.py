@@ -15,7 +15,7 @@ FP16 = f"{STANDARD},tag-precision{{dtype=fp16}},materialize-precision"
 BF16 = f"{STANDARD},tag-precision{{dtype=bf16}},materialize-precision"
 
 DEFAULT = {
-    "ort": STANDARD,
+    "ort": f"{CLEANUP},fuse",  # every fusion: the ORT CPU-only ones (unpacking, BiasGelu) pay there
     "ort-cuda": STANDARD,
     "ort-cuda-fp16": FP16,
     "tvm-llvm": STANDARD,

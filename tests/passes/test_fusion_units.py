@@ -6,7 +6,7 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 from tests.conftest import make_model
-from tests.passes.fusion_helpers import ORT_CPU, TVM, check, ops, parse, rand
+from tests.passes.fusion_helpers import MS, ORT_CPU, TVM, check, ops, parse, rand
 from vidcc import onnx_io, opsets
 from vidcc.pass_manager import PassContext, run_pipeline
 
@@ -390,3 +390,18 @@ def test_temporal_conv_as_2d_on_ort_cpu_only():
     assert log["temporal-conv-2d"].stats == {"TemporalConv": "1/2"}
     graph, log = check(model, "infer-shapes,temporal-conv-2d,dce", feeds, target=TVM)
     assert ops(graph) == ["Conv", "Conv"] and "skipped" in log["temporal-conv-2d"].stats["TemporalConv"]
+
+
+def test_bias_gelu_for_ort_cpu_only():
+    from vidcc.target import Target
+
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+                        helper.make_node("Gelu", ["a"], ["y"])],
+                       [V("x", T.FLOAT, [2, 5, 8])], [V("y", T.FLOAT, None)], [init("w", rand(8, 6)), init("b", rand(6, seed=1))],
+                       opset=20)
+    ort = Target(name="ort", accepted_ops={**ORT_CPU.accepted_ops, "BiasGelu": MS})
+    graph, log = check(model, "fuse-bias-gelu,dce", {"x": rand(2, 5, 8)}, target=ort)
+    assert ops(graph) == ["MatMul", "com.microsoft::BiasGelu"] and log["fuse-bias-gelu"].stats == {"BiasGelu": "1/1"}
+    for target in (ORT_CPU, TVM):  # neither accepts it
+        graph, log = check(model, "fuse-bias-gelu,dce", {"x": rand(2, 5, 8)}, target=target)
+        assert ops(graph) == ["MatMul", "Add", "Gelu"] and "does not accept" in log["fuse-bias-gelu"].stats["BiasGelu"]
