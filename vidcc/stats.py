@@ -76,19 +76,13 @@ _FLOAT_TYPES = {1, 10, 11, 16}  # float, float16, double, bfloat16
 
 
 def bind_input_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> Graph:
-    """A copy whose inputs have the feeds' static shapes, with types re-inferred (for cost counting)."""
-    from vidcc.ir import TensorType
-    from vidcc.onnx_io import infer_missing_types
+    """A copy specialized to the feeds' static shapes, for cost counting: inputs bound, shape
+    subgraphs folded (so the Reshapes around attention get static shapes and their MatMuls a cost),
+    types re-inferred."""
+    from vidcc.pass_manager import PassContext, run_pipeline
 
     g = graph.copy()
-    for name, value in feeds.items():
-        if name in g.inputs:
-            g.types[name] = TensorType(g.type_of(name).dtype, tuple(value.shape))
-            g.io_meta.pop(name, None)
-    produced = {o for n in g.nodes for o in n.outputs}
-    for name in produced:
-        g.types.pop(name, None)
-    for name in g.outputs:
-        g.io_meta.pop(name, None)
-    infer_missing_types(g, data_prop=True)
+    shapes = ",".join(f"{k}:{'x'.join(map(str, np.shape(v)))}" for k, v in feeds.items()
+                      if k in g.inputs and np.ndim(v))
+    run_pipeline(g, f"infer-shapes{{shapes=[{shapes}]}},fold-constants,infer-shapes", PassContext())
     return g

@@ -114,3 +114,19 @@ def test_passes_and_targets_list(capsys):
     assert code == 0 and {"dce", "remove-identity"} <= {p["name"] for p in json.loads(out)["passes"]}
     code, out, _ = cli(capsys, "targets", "--json")
     assert code == 0 and isinstance(json.loads(out)["targets"], list)
+
+
+def test_costs_at_bound_shapes_include_attention_matmuls():
+    # the attention MatMuls read shapes computed through Shape/Gather/Concat: counted only once folded
+    import numpy as np
+
+    from vidcc import onnx_io, stats, zoo
+
+    exp = zoo.export("svd-unet:tiny")
+    with np.load(exp.inputs_path) as data:
+        feeds = {k: data[k] for k in data.files}
+    graph = onnx_io.load(exp.model_path)
+    bound = stats.summarize(stats.bind_input_shapes(graph, feeds))
+    assert bound["nodes_with_unknown_cost"] == 0
+    assert bound["flops"] > 1.5 * stats.summarize(graph)["flops"]
+    assert len(graph) == 3608  # the caller's graph is left as it was
