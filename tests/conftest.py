@@ -18,7 +18,7 @@ def _shared_zoo_cache(request, tmp_path_factory):
     """Every test shares one zoo export cache (pytest's cache dir, persistent across runs), also the
     tests that point VIDCC_CACHE_DIR at a fresh directory for their artifacts."""
     if not os.environ.get("VIDCC_ZOO_CACHE_DIR"):
-        cache = request.config.cache
+        cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
         path = cache.mkdir("vidcc-zoo") if cache is not None else tmp_path_factory.mktemp("vidcc-zoo")
         os.environ["VIDCC_ZOO_CACHE_DIR"] = str(path)
     yield
