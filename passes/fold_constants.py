@@ -110,7 +110,7 @@ class FoldConstants(Pass):
                 picked = np.array(dims, dtype=object)[slice(starts, ends, step)]
             else:
                 continue
-            if not all(isinstance(d, int) for d in np.asarray(picked).reshape(-1)):
+            if not all(isinstance(d, (int, np.integer)) for d in np.asarray(picked).reshape(-1)):  # take() gives np.int64
                 continue
             _to_constant(graph, user, [np.asarray(picked, dtype=np.int64)])
             folded += 1

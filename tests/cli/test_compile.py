@@ -1,6 +1,7 @@
 """`vidcc compile` and `vidcc run` from the command line."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,6 @@ def test_static_shapes_specialize_the_graph_and_fuse_attention(capsys, tmp_path)
     assert manifest["verification"]["verdict"]["passed"]
     dynamic = json.loads(cli(capsys, "compile", "svd-unet:tiny", "-t", "ort", "--json")[1])
     assert dynamic["nodes_after"] > manifest["graph"]["nodes_after"]
+    dynamic_log = json.loads((Path(dynamic["artifact"]) / "manifest.json").read_text())["pass_log"]
+    # the head size is static under dynamic frames/height/width too: attention fuses either way
+    assert {r["name"]: r["stats"] for r in dynamic_log}["fuse-attention"]["Attention"] == "16/16"

@@ -52,6 +52,16 @@ def test_shape_chain_folds_only_static_dims_under_dynamic_batch():
     assert graph.constant(graph.nodes_by_op("Reshape")[0].inputs[1]).tolist() == [4, -1]
 
 
+def test_static_dim_read_with_a_scalar_index_folds_under_dynamic_batch():
+    # the legacy exporter reads a dim with a 0-d index, then Unsqueezes it (np.take gives np.int64 there)
+    model = parse(SHAPE_CHAIN.replace("d0 = Gather<axis = 0>(s, i0)", "g1 = Gather<axis = 0>(s, i1)\n"
+                                      "    ax = Constant<value = int64[1] {0}>()\n    d0 = Unsqueeze(g1, ax)").replace(
+        "i0 = Constant<value = int64[1] {0}>()", "i1 = Constant<value = int64 {1}>()"))
+    graph, log = check(model, "cleanup", {"x": rand(3, 4, 8)})
+    assert ops(graph) == ["Reshape", "Relu"]
+    assert graph.constant(graph.nodes_by_op("Reshape")[0].inputs[1]).tolist() == [4, -1]
+
+
 def test_symbolic_dim_binding_through_ctx_bindings():
     model = parse(SHAPE_CHAIN)
     graph, _ = check(model, "cleanup", {"x": rand(5, 4, 8)}, bindings={"B": [5]})
