@@ -142,7 +142,7 @@ def _restores(g: Graph, reshape, x: str) -> str | None:
     """The second Reshape gives back x's shape (a constant equal to it, or Shape(x))."""
     shape_src = g.producer(reshape.inputs[1])
     if shape_src is not None and shape_src.op_type == "Shape" and shape_src.inputs[0] == x \
-            and not shape_src.attrs:
+            and shape_src.attr("start", 0) == 0 and shape_src.attr("end") is None:  # dynamo writes start=0
         return None
     xs = g.type_of(x).shape
     target = reshape_target(g, reshape)
