@@ -303,6 +303,9 @@ def _roots_from(graph: Graph, rule: Rule, anchor: Node) -> tuple[list[Node], str
     return frontier, None
 
 
+SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
 def _escapes(graph: Graph, m: Match, root: Node) -> str | None:
     inside = {n.id for n in m.nodes.values()}
     for name, node in m.nodes.items():
@@ -312,7 +315,8 @@ def _escapes(graph: Graph, m: Match, root: Node) -> str | None:
             if out in graph.outputs:
                 return f"{_node_text(node)} output '{out}' is a graph output"
             for user, _ in graph.consumers(out):
-                if user.id not in inside:
+                # a Shape/Size reader needs no value: the node stays for it (removed later if dead)
+                if user.id not in inside and user.op_type not in SHAPE_READERS:
                     return f"{_node_text(node)} output '{out}' is also used by {_node_text(user)} outside the pattern"
     return None
 
