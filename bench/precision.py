@@ -12,6 +12,11 @@ that graph on ONNX Runtime CPU in fp32. Then
 Each graph is built and run with TVM Relax on LLVM, which really computes in half (ORT CPU upcasts fp16
 and has no bf16 kernels, so it cannot judge). Reported: cosine (worst output) vs the reference, Casts
 added, the tag counts, and errors where a runtime refuses a graph. JSON: bench/results/precision.json.
+
+    python bench/precision.py --big svd-unet:full [--bind sample=1x14x8x72x128,...]
+
+builds (does not run) a big model's fp16 graph in TVM, vidcc's and onnxconverter-common's, each step in
+its own process with its peak RSS (bench/results/precision-svd-unet-full.json).
 """
 
 from __future__ import annotations
@@ -201,6 +206,92 @@ def _pool(tasks, jobs):
         return list(pool.imap(_task, tasks))
 
 
+# ---- a big model (svd-unet:full): does the fp16 graph build in TVM at all? ------------------------------
+# Each step is a child process (`--big-step`), so its peak RSS is its own and memory is returned between
+# steps. No calibration (an fp32 run at 14x72x128 is ~45 TFLOP and GBs of activations on a shared 2-core
+# machine): the magnitude rule is off.
+def big_step(step: str, spec: str, shapes: str, work: Path) -> dict:
+    import resource
+
+    from vidcc import onnx_io
+    from vidcc.pass_manager import PassContext, run_pipeline
+
+    t0 = time.perf_counter()
+    fp32, out = work / "fp32" / "model.onnx", {"step": step}
+    if step == "prepare":  # bound shapes + cleanup: the graph both conversions start from
+        from vidcc import model as models
+
+        graph = onnx_io.load(models.resolve(spec).path)
+        out["pipeline"] = "infer-shapes{shapes=[%s]},cleanup" % ",".join(f'"{x}"' for x in shapes.split(","))
+        run_pipeline(graph, out["pipeline"], PassContext())
+        out.update(nodes=len(graph), casts=_casts(graph), ops=dict(graph.op_histogram().most_common(8)))
+        onnx_io.save(graph, fp32)
+    elif step == "vidcc":
+        graph = onnx_io.load(fp32)
+        base = _casts(graph)
+        ctx = PassContext()
+        out["pipeline"] = "tag-precision{dtype=fp16,calibrate=false},materialize-precision"
+        run_pipeline(graph, out["pipeline"], ctx)
+        out.update(tags={k: v for k, v in ctx.log[0].stats.items() if k != "dtype"}, casts_added=_casts(graph) - base)
+        onnx_io.save(graph, work / "vidcc" / "model.onnx")
+    elif step == "naive":  # onnxconverter-common needs the weights in memory (6 GB fp32, converted in place)
+        import onnx
+        from onnxconverter_common import float16
+
+        model = onnx.load(str(fp32))
+        base = sum(n.op_type == "Cast" for n in model.graph.node)
+        # its shape inference serializes the model, which protobuf refuses beyond 2 GB; the saved graph
+        # carries every tensor's type already
+        model = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        out["casts_added"] = sum(n.op_type == "Cast" for n in model.graph.node) - base
+        (work / "naive").mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(work / "naive" / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    else:  # build-vidcc / build-naive: TVM Relax import + compile for LLVM, as vidcc.halfrun does
+        import gc
+
+        import onnx
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.onnx import from_onnx
+
+        from vidcc.halfrun import llvm_target
+
+        try:
+            model = onnx.load(str(work / step.split("-", 1)[1] / "model.onnx"))
+            opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+            mod = relax.transform.DecomposeOpsForInference()(from_onnx(model, opset=opset, keep_params_in_input=False))
+            del model  # the weights now live in the module
+            gc.collect()
+            out["import_seconds"] = round(time.perf_counter() - t0, 1)
+            exe = tvm.compile(mod, target=tvm.target.Target(llvm_target()))
+            out["builds"] = exe is not None
+        except Exception as exc:  # the naive graph's expected failure is a result
+            out.update(builds=False, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    return out
+
+
+def big(spec: str, shapes: str, work: Path, steps: list[str], name: str) -> int:
+    import subprocess
+
+    work.mkdir(parents=True, exist_ok=True)
+    done = work / "steps.json"
+    rows = json.loads(done.read_text()) if done.is_file() else {}
+    for step in steps:
+        if step in rows:  # resumable, like the small-model phases
+            continue
+        cmd = [sys.executable, __file__, "--big", spec, "--bind", shapes, "--work", str(work.parent), "--big-step", step]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        rows[step] = json.loads(lines[-1]) if lines else {"step": step, "error": proc.stderr.strip()[-500:]}
+        print(json.dumps(rows[step], default=str), flush=True)
+        done.write_text(json.dumps(rows, default=str))
+    data = {"model": spec, "shapes": shapes, "runtime": "TVM Relax 0.27 LLVM CPU (build only)", "steps": rows}
+    print(f"wrote {write_result(name, data)}")
+    return 0
+
+
 def main() -> int:
     from vidcc.zoo import ENTRIES
 
@@ -217,7 +308,18 @@ def main() -> int:
     parser.add_argument("--name", default="precision", help="result file name under bench/results/")
     parser.add_argument("--measured-on", default="", help="where the measurements ran, when not this machine")
     parser.add_argument("--out", default="", help="also write the JSON here (e.g. on a remote machine)")
+    parser.add_argument("--big", default="", help="a big model (svd-unet:full): build-only check of fp16 in TVM")
+    parser.add_argument("--bind", default="sample=1x14x8x72x128,timestep=1,encoder_hidden_states=1x1x1024,"
+                        "added_time_ids=1x3", help="--big: input shapes (the published 14x576x1024)")
+    parser.add_argument("--big-steps", default="prepare,vidcc,naive,build-naive,build-vidcc")
+    parser.add_argument("--big-step", default="", help=argparse.SUPPRESS)  # one step, in a child process
     args = parser.parse_args()
+    if args.big:
+        work = Path(args.work) / args.big.replace(":", "_")
+        if args.big_step:
+            print(json.dumps(big_step(args.big_step, args.big, args.bind, work), default=str))
+            return 0
+        return big(args.big, args.bind, work, args.big_steps.split(","), f"{args.name}-{args.big.replace(':', '-')}")
     work = Path(args.work)
     specs = [f"{m}:{s}" for s in args.sizes.split(",") for m in args.models.split(",")]
     start = time.time()
