@@ -49,7 +49,8 @@ def _tvm_cosine(graph_or_proto, feeds, reference) -> tuple[float | None, str | N
 
     t0 = time.perf_counter()
     try:
-        return min_cosine(run_tvm_llvm(graph_or_proto, feeds), reference), None, time.perf_counter() - t0
+        out = run_tvm_llvm(graph_or_proto, feeds, accumulate=os.environ.get("VIDCC_BENCH_ACCUMULATE", "fp32"))
+        return min_cosine(out, reference), None, time.perf_counter() - t0
     except Exception as exc:  # a graph TVM refuses is a result, not a crash of the bench
         msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
         return None, msg, time.perf_counter() - t0
@@ -176,6 +177,7 @@ def measure(spec: str, dtype: str, variant: str, work: Path) -> dict:
     cos, err, secs = _tvm_cosine(proto, feeds, reference)
     gate = GATES.get(dtype, 0.99999)
     out.update({"tvm_llvm_cosine": cos, "tvm_error": err, "tvm_seconds": round(secs, 1), "gate": gate,
+                "accumulate": os.environ.get("VIDCC_BENCH_ACCUMULATE", "fp32"),
                 "passes_gate": cos is not None and cos >= gate})
     return out
 
@@ -304,6 +306,8 @@ def main() -> int:
                         help="prepare graphs, measure them (resumable: done measurements are kept), or both")
     parser.add_argument("--work", default="/tmp/vidcc-bench-precision", help="prepared graphs between phases")
     parser.add_argument("--fp32", action="store_true", help="also run the fp32 graph on TVM (its own baseline)")
+    parser.add_argument("--accumulate", choices=["fp32", "low"], default="fp32",
+                        help="MatMul/Conv accumulators: fp32 as GPU libraries (default), or the low dtype (stricter)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes (one model/dtype/variant each)")
     parser.add_argument("--name", default="precision", help="result file name under bench/results/")
     parser.add_argument("--measured-on", default="", help="where the measurements ran, when not this machine")
@@ -314,6 +318,7 @@ def main() -> int:
     parser.add_argument("--big-steps", default="prepare,vidcc,naive,build-naive,build-vidcc")
     parser.add_argument("--big-step", default="", help=argparse.SUPPRESS)  # one step, in a child process
     args = parser.parse_args()
+    os.environ["VIDCC_BENCH_ACCUMULATE"] = args.accumulate  # read by the measuring processes
     if args.big:
         work = Path(args.work) / args.big.replace(":", "_")
         if args.big_step:

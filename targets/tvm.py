@@ -159,7 +159,7 @@ class TvmTarget(Target):
                     from ._tvm_fastmath import fast_math
 
                     first.append(fast_math)
-                if self.options.get("fp32_accumulate", self.kind == "cuda"):  # as cuBLAS/cuDNN do
+                if self.options.get("fp32_accumulate", True):  # as cuBLAS/cuDNN do
                     from ._tvm_accumulate import fp32_accumulation
 
                     first.insert(0, fp32_accumulation)

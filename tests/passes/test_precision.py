@@ -323,3 +323,32 @@ def test_large_reduction_kept_fp32_builds_in_tvm_where_naive_fp16_cannot():
     g, ctx = tagged(m, spec="tag-precision,materialize-precision", calibrate=False)
     assert precisions(g)["mean"] == "fp32"
     assert np.allclose(run_tvm_llvm(onnx_io.to_proto(g), f)["y"], ref["y"], rtol=1e-5)
+
+
+def test_half_runner_accumulates_matmul_in_fp32_like_gpus():
+    pytest.importorskip("tvm")
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vidcc.halfrun import run_tvm_llvm
+
+    rng = np.random.default_rng(0)
+    w = rng.random((4096, 8)).astype(np.float32)
+    nodes = [helper.make_node("Cast", ["x"], ["xb"], to=TensorProto.BFLOAT16),
+             helper.make_node("Cast", ["w"], ["wb"], to=TensorProto.BFLOAT16),
+             helper.make_node("MatMul", ["xb", "wb"], ["yb"]),
+             helper.make_node("Cast", ["yb"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4096])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.random((2, 4096)).astype(np.float32)
+    exact = x.astype(np.float64) @ w.astype(np.float64)
+
+    def rel_error(accumulate):
+        y = run_tvm_llvm(model, {"x": x}, accumulate=accumulate)["y"]
+        return float(np.abs(y - exact).max() / np.abs(exact).max())
+
+    # bf16 has 8 mantissa bits: summing 4096 products in bf16 stalls once the sum outgrows the terms
+    low, wide = rel_error("low"), rel_error("fp32")
+    assert wide < 0.01 < low
