@@ -351,7 +351,9 @@ def main() -> int:
             m = json.loads(f.read_text())
             by_spec[spec].setdefault(m["dtype"], {})[m["variant"]] = m
     data = {"runtime": "TVM Relax 0.27 LLVM CPU (fp16 computed in half; bf16 legalized to fp32 math rounded to "
-                       "bf16 per op); reference: the prepared fp32 graph on ONNX Runtime CPU",
+                       "bf16 per op; MatMul/Conv accumulate in " + args.accumulate + "); reference: the prepared "
+                       "fp32 graph on ONNX Runtime CPU",
+            "accumulate": args.accumulate,
             "gates": GATES, "rows": rows, "seconds": round(time.time() - start, 1)}
     if args.measured_on:
         data["measured_on"] = args.measured_on
