@@ -97,7 +97,7 @@ def test_failed_verification_exits_3_and_writes_no_output(capsys, cnn, tmp_path,
 
 
 def test_static_shapes_specialize_the_graph_and_fuse_attention(capsys, tmp_path):
-    # svd-unet's attention scale reads the head size through Shape ops: only static shapes fold it
+    # every named dim bound: the shape bookkeeping folds away (dynamic shapes keep some of it)
     code, out, err = cli(capsys, "compile", "svd-unet:tiny", "-t", "ort", "--static-shapes", "-o", tmp_path / "art")
     assert code == 0, err
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
