@@ -83,7 +83,7 @@ def trt_builds(args) -> None:
                 row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             rows.append(row)
             print(row, flush=True)
-    _save(f"gpu-trt-builds-{args.size}", {"size": args.size, "rows": rows, "device": _device()}, args.out_dir)
+    _save(args.name or f"gpu-trt-builds-{args.size}", {"size": args.size, "rows": rows, "device": _device()}, args.out_dir)
 
 
 def _device() -> str:
@@ -276,6 +276,7 @@ def main() -> int:
     a.add_argument("--size", default="small")
     a.add_argument("--targets", default="trt-fp16,trt-bf16")
     a.add_argument("--work", default="/tmp/vidcc-trt")
+    a.add_argument("--name", help="result name (default gpu-trt-builds-SIZE)")
     a.add_argument("--out-dir")
     a.set_defaults(func=trt_builds)
     b = sub.add_parser("table")
