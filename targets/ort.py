@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vidcc.errors import TargetError
+from vidcc.verification import ORT_NP
 from vidcc.target import Availability, BuildContext, Runner, Target
 
 from ._pipelines import DEFAULT
@@ -144,10 +145,10 @@ class CudaGraphRunner(Runner):
 
         self.session = session
         self.binding = session.io_binding()
-        self.specs = {a.name: (tuple(a.shape), _NP_OF[a.type]) for a in session.get_inputs()}
+        self.specs = {a.name: (tuple(a.shape), ORT_NP[a.type]) for a in session.get_inputs()}
         self.inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", 0)
                        for name, (shape, dtype) in self.specs.items()}
-        self.outputs = {a.name: ort.OrtValue.ortvalue_from_shape_and_type(a.shape, _NP_OF[a.type], "cuda", 0)
+        self.outputs = {a.name: ort.OrtValue.ortvalue_from_shape_and_type(a.shape, ORT_NP[a.type], "cuda", 0)
                         for a in session.get_outputs()}
         for name, value in self.inputs.items():
             self.binding.bind_ortvalue_input(name, value)
@@ -163,9 +164,6 @@ class CudaGraphRunner(Runner):
         self.session.run_with_iobinding(self.binding)
         return {name: value.numpy() for name, value in self.outputs.items()}
 
-
-_NP_OF = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-          "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
 class OrtRunner(Runner):

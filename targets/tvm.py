@@ -65,6 +65,15 @@ def detect_cpu() -> tuple[str | None, int]:
     return None, 128  # aarch64 and others: LLVM's default CPU, NEON-sized vectors
 
 
+def llvm_json(num_cores: int, mcpu: str | None = None) -> dict[str, Any]:
+    """TVM's LLVM target for this host: `mcpu` or the detected CPU level (LLVM's default if none)."""
+    spec: dict[str, Any] = {"kind": "llvm", "num-cores": num_cores}
+    mcpu = mcpu or detect_cpu()[0]
+    if mcpu:
+        spec["mcpu"] = mcpu
+    return spec
+
+
 @dataclass
 class TvmTarget(Target):
     kind: str = "llvm"
@@ -94,11 +103,7 @@ class TvmTarget(Target):
         return self._llvm_json()
 
     def _llvm_json(self) -> dict[str, Any]:
-        mcpu, _ = detect_cpu()
-        spec: dict[str, Any] = {"kind": "llvm", "num-cores": int(self.options.get("num_cores") or os.cpu_count() or 1)}
-        if self.options.get("mcpu") or mcpu:
-            spec["mcpu"] = self.options.get("mcpu") or mcpu
-        return spec
+        return llvm_json(int(self.options.get("num_cores") or os.cpu_count() or 1), self.options.get("mcpu"))
 
     def tool_versions(self) -> dict[str, str]:
         from importlib import metadata

@@ -89,9 +89,9 @@ def _run_probes(sess, feeds, out_of: dict[str, str], result: dict[str, float]) -
 
 
 def _np_type(ort_type: str):
-    return {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-            "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(ort_type, np.float32)
+    from vidcc.verification import ORT_NP
+
+    return ORT_NP.get(ort_type, np.float32)
 
 
 def synthetic_feeds(graph: Graph, seed: int = 0) -> list[dict[str, np.ndarray]] | None:

@@ -94,13 +94,9 @@ def llvm_target(num_cores: int = 2) -> dict:
     converts every half value in software: moe-dit:small in fp16 ran 12x slower than in fp32 (407 s vs
     34 s, all in matmuls); with F16C half is as fast as fp32. Each op still rounds to half (bf16 outputs
     were bit-identical; svd-unet:tiny fp16 differed by <= 0.013, cosine 0.999966 vs 0.999965)."""
-    from vidcc.targets.tvm import detect_cpu
+    from vidcc.targets.tvm import llvm_json
 
-    spec: dict = {"kind": "llvm", "num-cores": num_cores}
-    mcpu, _ = detect_cpu()
-    if mcpu:
-        spec["mcpu"] = mcpu
-    return spec
+    return llvm_json(num_cores)
 
 
 def _to_numpy(value) -> np.ndarray:

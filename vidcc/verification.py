@@ -169,6 +169,10 @@ def gate_for(target_precision: str = "fp32", pass_log: Iterable = (), requested:
 
 _NP = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
        10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
+# the same element types as ONNX Runtime names them (NodeArg.type)
+ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+          "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+          "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
 def symbolic_dims(signature: dict[str, dict[str, Any]], feeds: dict[str, np.ndarray]) -> dict[str, int]:
