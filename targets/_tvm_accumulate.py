@@ -27,10 +27,6 @@ def _low_dtype(expr) -> str | None:
 
 @relax.expr_functor.mutator
 class _Widen(relax.PyExprMutator):
-    def __init__(self, mod):
-        super().__init__(mod)
-        self.widened = 0
-
     def visit_call_(self, call):
         call = self.builder_.normalize(super().visit_call_(call))
         name = getattr(call.op, "name", "")
@@ -44,7 +40,6 @@ class _Widen(relax.PyExprMutator):
         else:
             attrs = {k: getattr(call.attrs, k) for k in _CONV_ATTRS}
             wide = _CONVS[name](call.args[0], call.args[1], out_dtype="float32", **attrs)
-        self.widened += 1
         return relax.op.astype(wide, low)
 
 
@@ -52,6 +47,5 @@ class _Widen(relax.PyExprMutator):
 def fp32_accumulation(mod, _ctx):
     for gvar, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
-            widen = _Widen(mod)
-            mod[gvar] = widen.visit_expr(func)
+            mod[gvar] = _Widen(mod).visit_expr(func)
     return mod
