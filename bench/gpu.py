@@ -252,8 +252,9 @@ def _summarize_profile(path: str, top: int) -> dict:
     """ORT's chrome-trace profile -> ms per (op type, provider) per run, and the slowest nodes."""
     import collections
 
-    events = [e for e in json.load(open(path)) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    runs = max(1, sum(1 for e in json.load(open(path)) if e.get("name") == "model_run"))
+    trace = json.loads(Path(path).read_text())
+    events = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    runs = max(1, sum(1 for e in trace if e.get("name") == "model_run"))
     by_op, by_node = collections.Counter(), collections.Counter()
     providers = collections.Counter()
     for e in events:
