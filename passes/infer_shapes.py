@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from vidcc.errors import SpecError
 from vidcc.ir import Graph, TensorType
@@ -68,14 +69,24 @@ def _specificity(t: TensorType) -> int:
                    for d in t.shape)
 
 
+def _named(d) -> bool:
+    return isinstance(d, str) and not d.startswith("unk__")
+
+
 def refresh_types(graph: Graph) -> int:
     """Re-infer every intermediate type from scratch (data propagation on) and keep the more specific
-    of old and new; returns how many changed. Old intermediate shapes are left out of the probe so a
-    stale symbolic dim (unk__12) never hides a now-static one; outputs of non-standard ops keep theirs
-    because ONNX inference cannot compute them."""
+    of old and new; returns how many changed. Of the old intermediate types only named symbolic dims
+    seed the probe (no dtype, static or unk__N dims: nothing stale can contradict inference, and an
+    inferred static dim beats a seeded name), so a name inference cannot rebuild (the exporter's
+    'frames*h*w' behind a Reshape to -1) still flows through Shape->Slice->Concat->Reshape; outputs
+    of non-standard ops keep their whole type because ONNX inference cannot compute them."""
     probe = to_proto(graph, weights=False)
     standard = {o for n in graph.nodes if n.domain in ("", "ai.onnx") for o in n.outputs}
     keep = [vi for vi in probe.graph.value_info if vi.name not in standard]
+    for name in (vi.name for vi in probe.graph.value_info if vi.name in standard):
+        shape = graph.types[name].shape
+        if shape is not None and any(_named(d) for d in shape):  # dtype 0: inference fills it in
+            keep.append(helper.make_tensor_value_info(name, 0, [d if _named(d) else None for d in shape]))
     del probe.graph.value_info[:]
     probe.graph.value_info.extend(keep)
     try:
@@ -110,7 +121,7 @@ class InferShapes(Pass):
       there ("frames:14") or in ctx.bindings (a dim name bound to one int) are fixed in every input
       (ctx.bindings of input names are values, e.g. timesteps, not shapes: they are left alone);
     - intermediate types are re-inferred and replaced where the new one is more specific (static dims
-      beat symbolic beat unknown), so shape folding can follow.
+      beat symbolic beat unknown), so shape folding can follow; the exporter's dim names seed it.
     """
 
     name = "infer-shapes"

@@ -235,3 +235,51 @@ def test_remove_noops_keeps_broadcasting_ones_and_reshape_chains_collapse():
     graph, log = check(model, "fold-constants,remove-noops,dce", {"x": rand(2, 6)})
     assert ops(graph) == ["Reshape", "Mul"]
     assert log["remove-noops"].stats == {"Reshape chain": 1}
+
+
+# Wan's self-attention as the dynamo exporter writes it: heads split upstream ([1, S, 2, 16], a dim only the
+# exporter's value_info names: inference cannot resolve the -1 against S), K's [B*H, Sk, D] round trip
+# reading Sk from Shape(k).
+WAN_SELF_ATTENTION = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[1, S, 32] xq, float[1, S, 32] xk, float[1, S, 32] xv) => (float[1, 2, S, 16] y)
+  <float[1, S, 2, 16] q1, float[1, S, 2, 16] k1, float[1, S, 2, 16] v1> {
+    split = Constant<value = int64[4] {1, -1, 2, 16}>()
+    q1 = Reshape(xq, split)
+    k1 = Reshape(xk, split)
+    v1 = Reshape(xv, split)
+    q = Transpose<perm = [0, 2, 1, 3]>(q1)
+    k = Transpose<perm = [0, 2, 1, 3]>(k1)
+    v = Transpose<perm = [0, 2, 1, 3]>(v1)
+    shape = Shape(k)
+    start = Constant<value = int64[1] {-2}>()
+    end = Constant<value = int64[1] {-1}>()
+    sk = Slice(shape, start, end)
+    m1 = Constant<value = int64[1] {-1}>()
+    d = Constant<value = int64[1] {16}>()
+    flat_shape = Concat<axis = 0>(m1, sk, d)
+    k_flat = Reshape(k, flat_shape)
+    k_t = Transpose<perm = [0, 2, 1]>(k_flat)
+    bh = Constant<value = int64[2] {1, 2}>()
+    unflat_shape = Concat<axis = 0>(bh, d, sk)
+    kt = Reshape(k_t, unflat_shape)
+    c = Constant<value = float {0.5}>()
+    qs = Mul(q, c)
+    ks = Mul(kt, c)
+    scores = MatMul(qs, ks)
+    p = Softmax<axis = -1>(scores)
+    y = MatMul(p, v)
+}
+"""
+
+
+def test_exporter_dim_names_flow_through_shape_computations():
+    # refresh_types re-infers from scratch; the exporter's name for the sequence dim must still reach
+    # the K round trip through Shape->Slice->Concat->Reshape, or fuse-attention cannot prove Sk = S
+    feeds = {n: rand(1, 12, 32, seed=i) for i, n in enumerate(("xq", "xk", "xv"))}
+    graph, log = check(parse(WAN_SELF_ATTENTION), "cleanup,fuse-attention,dce", feeds)
+    assert log["fuse-attention"].stats == {"Attention": "1/1"}
+    assert sorted(ops(graph)) == ["Attention"] + ["Reshape"] * 3 + ["Transpose"] * 3
+    graph = onnx_io.from_proto(parse(WAN_SELF_ATTENTION))
+    run_pipeline(graph, "cleanup", PassContext())
+    assert graph.type_of("k_flat").shape[1:] == ("S", 16) and graph.type_of("kt").shape == (1, 2, 16, "S")
