@@ -198,7 +198,12 @@ def ort_profile(args) -> None:
     from vidcc import zoo
 
     exp_feeds = _feeds_at(zoo.export(args.model), args.frames, args.height, args.width)
-    result = compile_model(args.model, args.target, inputs=exp_feeds, gate="lossy", static_shapes=not args.dynamic)
+    if args.pipeline:  # instead of the target's default, for A/B runs of its passes
+        from vidcc import plugins
+
+        plugins.registry().targets[args.target].obj.default_pipeline = args.pipeline
+    result = compile_model(args.model, args.target, inputs=exp_feeds, gate="lossy",
+                           static_shapes=not args.dynamic)
     model_path = result.artifact.path / "model.onnx"
     base = dict(result.manifest["build"]["settings"].get("cuda_options", {}))
     on_gpu = result.manifest["build"]["settings"]["provider"] == "CUDAExecutionProvider"
@@ -243,8 +248,8 @@ def ort_profile(args) -> None:
     import onnx
 
     nodes = collections.Counter(n.op_type for n in onnx.load(str(model_path), load_external_data=False).graph.node)
-    _save(f"gpu-ort-profile-{args.model.replace(':', '-')}-{args.target}",
-          {"model": args.model, "target": args.target, "latent": [args.frames, args.height, args.width],
+    _save(args.name or f"gpu-ort-profile-{args.model.replace(':', '-')}-{args.target}",
+          {"model": args.model, "target": args.target, "pipeline": args.pipeline or "default", "latent": [args.frames, args.height, args.width],
            "device": _device(), "variants": rows, "profile": profile, "op_counts": dict(nodes.most_common())}, args.out_dir)
 
 
@@ -301,6 +306,8 @@ def main() -> int:
     c.add_argument("--repeat", type=int, default=10)
     c.add_argument("--dynamic", action="store_true", help="compile for dynamic shapes (default: --static-shapes)")
     c.add_argument("--top", type=int, default=25)
+    c.add_argument("--pipeline", default="", help="pass pipeline instead of the target's default")
+    c.add_argument("--name", help="result name (default gpu-ort-profile-MODEL-TARGET)")
     c.add_argument("--out-dir")
     c.set_defaults(func=ort_profile)
     args = p.parse_args()

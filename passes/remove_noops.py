@@ -35,13 +35,13 @@ class RemoveNoops(Pass):
         for node in graph.toposort():
             if node.id not in graph.nx or node.domain not in ("", "ai.onnx"):
                 continue
-            what = _simplify(graph, node)
+            what = simplify_node(graph, node)
             if what:
                 stats[what] = stats.get(what, 0) + 1
         return PassResult(bool(stats), stats)
 
 
-def _simplify(graph: Graph, node: Node) -> str | None:
+def simplify_node(graph: Graph, node: Node) -> str | None:
     op = node.op_type
     x = node.inputs[0] if node.inputs else ""
     xs = graph.type_of(x).shape if x else None

@@ -85,9 +85,17 @@ def _map_slots(formals, count: int) -> list:
     return out
 
 
+# Contrib ops whose kernels pin some slots: ORT's CUDA GroupNorm takes fp16 or fp32 x, fp32 gamma/beta only.
+_CONTRIB = {("com.microsoft", "GroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)"), ("T",),
+                                                   {"T": frozenset({T.FLOAT, T.FLOAT16}),
+                                                    "=tensor(float)": frozenset({T.FLOAT})})}
+
+
 def binding(op: str, domain: str, n_in: int, n_out: int, opsets: dict[str, int]) -> Binding:
     """Type parameters of a node's slots. Without a schema (contrib ops), every slot shares one
     parameter 'T' of unknown allowed types: the common case of ops that compute in one float type."""
+    if (domain, op) in _CONTRIB:
+        return _CONTRIB[(domain, op)]
     schema = schema_of(op, domain, opsets)
     if schema is None:
         return Binding(("T",) * n_in, ("T",) * n_out, {"T": ANY})
