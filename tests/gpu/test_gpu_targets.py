@@ -74,7 +74,7 @@ def test_ort_cuda_fp16_runs_svd_channels_last():
     if not why:
         pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
     result = compile_model("svd-unet:small", "ort-cuda-fp16", static_shapes=True, use_cache=False)
-    stats = next(r.stats for r in result.log if r.name == "layout-nhwc")
+    stats = next(r.stats for r in result.pass_log if r.name == "layout-nhwc")
     done, total = map(int, stats["NhwcConv"].split("/"))
     assert done == total > 0 and stats["GroupNorm"].split("/")[0] == stats["GroupNorm"].split("/")[1]
     assert result.verdict.passed and min(m.cosine for m in result.metrics.values()) >= 0.999
