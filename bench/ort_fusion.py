@@ -5,12 +5,14 @@
 All variants run in one process, interleaved round by round (so machine noise hits each alike);
 the median of --runs timed runs is reported per variant, with the speedup over the raw export and
 the numerical error against it. ORT's optimizer runs as is (`ort-optimizer`) and with its CUDA-only
-fusions off (`ort-optimizer-cpu`). Writes bench/results/ort_fusion.json.
+fusions off (`ort-optimizer-cpu`). Writes bench/results/<--out>.json (default ort_fusion.json), with the
+load average before and after the timed runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -39,7 +41,8 @@ def vidcc_optimize(src: Path, feeds: dict, spec: str, dst: Path) -> dict:
     stats = {}
     for rec in ctx.log:
         if rec.name.startswith(("fuse-", "unpack-", "temporal-")):
-            stats.update({k: v for k, v in rec.stats.items() if isinstance(v, str) and "/" in v})
+            stats.update({k: v for k, v in rec.stats.items()
+                          if (isinstance(v, str) and "/" in v) or k.startswith("emitted")})
     return {"pipeline": spec, "optimize_seconds": round(seconds, 2), "nodes": len(graph), "fused": stats}
 
 
@@ -123,6 +126,7 @@ def main(argv=None) -> int:
         for _ in range(args.warmup):
             outputs[name] = s.run(None, fd)[0]
     times = {name: [] for name in sessions}
+    load_before = os.getloadavg()  # the machine is shared: say how busy it was
     for _ in range(args.runs):
         for name, s in sessions.items():
             want = {i.name for i in s.get_inputs()}
@@ -145,13 +149,15 @@ def main(argv=None) -> int:
         if "median_ms" in results.get(name, {}):
             results["vidcc"][f"speedup_vs_{name.replace('-', '_')}"] = round(
                 results[name]["median_ms"] / results["vidcc"]["median_ms"], 3)
+    load = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]}
     data = {"model": args.model, "exporter": args.exporter, "runs": args.runs, "threads": args.threads or "default",
-            "results": results}
+            "load_average_1_5_15min": load, "results": results}
     path = write_result(args.out, data)
     for name, r in results.items():
         line = f"{name:17s} " + (f"median {r['median_ms']:9.1f} ms  x{r['speedup_vs_raw']:.2f} vs raw  rel {r['rel']:.1e}"
                                  if "median_ms" in r else f"error: {r.get('error')}")
         print(line)
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
     print(f"wrote {path}")
     return 0
 

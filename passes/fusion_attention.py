@@ -11,7 +11,7 @@ from vidcc.ir import Graph, TensorType
 from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.rewrite import Const, Match, Outcome, P, Rule, Var, apply_rules, emit
 
-from ._fusion import MS, OpsetGate, accepts, reshape_target, scalar, static
+from ._fusion import MS, OpsetGate, accepts, ort_cpu, reshape_target, scalar, static
 
 HEADS = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
 
@@ -155,13 +155,37 @@ def _geometry(m: Match, g: Graph):
     return hq, dq, scale
 
 
-def _choice(ctx, gate: OpsetGate, form: str, four_d: bool = False):
-    """(op, domain) to emit, or why none can be (MultiHeadAttention takes only 3-D q, k, v)."""
+# ORT CPU (1.31, one thread), MultiHeadAttention vs Attention-23 on svd-unet:small's shapes (B, S, heads x 32):
+# short sequences favour Attention-23 (S=4: 1.26 vs 1.10 ms for B=1024, 0.71 vs 0.63 ms for B=256; S=64:
+# 0.41 vs 0.33 ms), long ones MultiHeadAttention's flash kernel (S=256: 2.40 vs 2.58 ms; S=1024: 16.7 vs
+# 18.4 ms). The unfused MatMul-Softmax-MatMul (scale on the scores, in q or folded away) is slower than
+# both at every length (19.5 ms at S=1024, 1.7 ms at S=4).
+ORT_CPU_SHORT_KV = 64
+
+
+def _kv_length(m: Match, g: Graph):
+    shape = g.type_of(m["k4"] if "k4" in m else m["k"]).shape
+    if shape is None:
+        return None
+    d = shape[2] if "k4" in m else shape[1]
+    return d if isinstance(d, int) else None
+
+
+def _choice(ctx, gate: OpsetGate, form: str, four_d: bool = False, kv_length: int | None = None,
+            short_kv: int = ORT_CPU_SHORT_KV):
+    """(op, domain, why) to emit, or why none can be (MultiHeadAttention takes only 3-D q, k, v)."""
     want = [("MultiHeadAttention", MS), ("Attention", "")]
+    why = ""
     if form == "Attention" or four_d:
         want = want[1:]
     elif form == "MultiHeadAttention":
         want = want[:1]
+    elif ort_cpu(ctx) and accepts(ctx, "MultiHeadAttention", MS) and accepts(ctx, "Attention"):  # a real choice
+        if kv_length is not None and kv_length <= short_kv:
+            want.reverse()
+            why = f"ORT CPU, {kv_length} keys <= {short_kv}: Attention-23 measured faster"
+        else:
+            why = f"ORT CPU, {kv_length or 'unknown'} keys > {short_kv}: MultiHeadAttention's flash kernel measured faster"
     reasons = []
     for op, domain in want:
         if not accepts(ctx, op, domain):
@@ -172,7 +196,7 @@ def _choice(ctx, gate: OpsetGate, form: str, four_d: bool = False):
             if block:
                 reasons.append(f"Attention-23 needs opset 23: {block}")
                 continue
-        return op, domain
+        return op, domain, "; ".join(reasons + [why]) if why else ""  # why: only a choice the target allowed
     return "; ".join(reasons)
 
 
@@ -186,30 +210,42 @@ class FuseAttention(Pass):
     - scaling: sqrt(scale) on both q and k (torch's SDPA export), on q only, on the scores (Mul or
       Div), or none; -> Softmax(-1) -> MatMul(v heads) -> Transpose(0,2,1,3) -> Reshape([B,S,H*D]);
     emitted as com.microsoft MultiHeadAttention where the target has it (ORT), else Attention-23
-    with q_num_heads/kv_num_heads (the default domain is raised to 23 when every op stays valid).
+    with q_num_heads/kv_num_heads (the default domain is raised to 23 when every op stays valid);
+    on ORT CPU the form goes by the key length: Attention-23 for at most `short_kv` keys (SVD's
+    temporal attention over frames), MultiHeadAttention above (its flash kernel; spatial attention).
     - heads split upstream (Wan: RMSNorm and rotary embedding before the transpose): 4-D q, k, v
       with K as Transpose(0,1,3,2) or dynamo's round trip -> Attention-23 on the 4-D tensors;
     Refused: masks or biases on the scores, differing head sizes, non-constant scales, or a target
     that takes neither op (TVM's ONNX importer takes no Attention-23).
-    `form`: auto, MultiHeadAttention, Attention.
+    `form`: auto, MultiHeadAttention, Attention. Where the target takes both (ORT CPU), stats count what
+    was emitted ("emitted Attention-23") and each fused event says why.
     """
 
     name = "fuse-attention"
     form: Literal["auto", "MultiHeadAttention", "Attention"] = "auto"
+    short_kv: int = ORT_CPU_SHORT_KV  # ORT CPU: Attention-23 up to this many keys, MultiHeadAttention above
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         gate = OpsetGate(graph)
+        emitted: dict[str, int] = {}
+
+        def choice(m, g, c):
+            return _choice(c, gate, self.form, "q4" in m, _kv_length(m, g), self.short_kv)
 
         def check(m, g, c):
             geo = _geometry(m, g)
             if isinstance(geo, str):
                 return geo
-            choice = _choice(c, gate, self.form, "q4" in m)
-            return choice if isinstance(choice, str) else None
+            chosen = choice(m, g, c)
+            return chosen if isinstance(chosen, str) else None
 
         def rewrite(m, g, c):
             heads, head_dim, scale = _geometry(m, g)
-            op, domain = _choice(c, gate, self.form, "q4" in m)
+            op, domain, why = choice(m, g, c)
+            label = "MultiHeadAttention" if domain else "Attention-23"
+            if why:  # a target-based choice: counted, and its reason goes into this match's explain event
+                emitted[label] = emitted.get(label, 0) + 1
+                reasons[m.node("softmax").name or m.node("softmax").outputs[0]] = f"{label}: {why}"
             if "q4" in m:
                 gate.require("", 23)
                 node = emit(g, "Attention", [m["q4"], m["k4"], m["v4"]], like=m.node("softmax"), attrs={"scale": scale},
@@ -225,7 +261,13 @@ class FuseAttention(Pass):
                         suffix=op)
             return [node.outputs[0]]
 
-        return apply_rules(graph, _attention_rules(rewrite, check), ctx).result()
+        reasons: dict[str, str] = {}
+        out = apply_rules(graph, _attention_rules(rewrite, check), ctx)
+        for event in out.details:
+            if event["kind"] == "fused" and event["node"] in reasons:
+                event["emitted"] = reasons[event["node"]]
+        stats = {**out.stats(), **{f"emitted {k}": v for k, v in sorted(emitted.items())}}
+        return PassResult(out.modified, stats, out.details)
 
 
 # ---- attention over one key -------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from vidcc.ir import Graph, TensorType
 from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.rewrite import Const, Keep, Match, P, Rule, Var, apply_rules, emit
 
-from ._fusion import (OpsetGate, accepts, is_ort, per_axis, preference, rank_of, reduce_axes, reshape_target,
-                      scalar, static)
+from ._fusion import (OpsetGate, accepts, is_ort, ort_cpu, per_axis, preference, rank_of, reduce_axes,
+                      reshape_target, scalar, static)
 
 
 # ---- the normalization core, in the forms exporters write -----------------------------------------
@@ -65,6 +65,13 @@ _AFFINES = [(True, True), (True, False), (False, False)]
 # ---- GroupNorm --------------------------------------------------------------------------------------
 def _groupnorm_rules(emit_fn) -> list[Rule]:
     rules = []
+    x = Var("x")  # the ORT CPU form: the channel affine as one BatchNormalization (see FuseGroupNorm)
+    r1 = P("Reshape", x, Var("shape1"), name="reshape1")
+    inorm = P("InstanceNormalization", r1, Const("in_scale"), Const("in_bias"), name="inorm")
+    r2 = P("Reshape", inorm, Var("shape2"), name="reshape2")
+    bn = P("BatchNormalization", r2, Const("bn_scale"), Const("bn_bias"), Const("bn_mean"), Const("bn_var"),
+           name="affine_bn")
+    rules.append(Rule("GroupNorm", bn, emit_fn, check=_check_groupnorm, anchor="inorm", form="instancenorm-bn"))
     for mul, add in _AFFINES:
         x = Var("x")
         r1 = P("Reshape", x, Var("shape1"), name="reshape1")
@@ -127,8 +134,14 @@ def _group_params(m: Match, g: Graph):
             return why
         s_g, b_g = np.ones(G, np.float32), np.zeros(G, np.float32)
         eps = scalar(g, m["eps"])
-    gamma = per_axis(m.const("gamma"), rank, 1, C) if "gamma" in m else np.ones(C, np.float32)
-    beta = per_axis(m.const("beta"), rank, 1, C) if "beta" in m else np.zeros(C, np.float32)
+    if "affine_bn" in m:
+        affine = _bn_affine(m, g, C)
+        if isinstance(affine, str):
+            return affine
+        gamma, beta = affine
+    else:
+        gamma = per_axis(m.const("gamma"), rank, 1, C) if "gamma" in m else np.ones(C, np.float32)
+        beta = per_axis(m.const("beta"), rank, 1, C) if "beta" in m else np.zeros(C, np.float32)
     if gamma is None or beta is None:
         return "the affine Mul/Add is not per channel"
     per = C // G
@@ -136,6 +149,25 @@ def _group_params(m: Match, g: Graph):
     bias = gamma * np.repeat(b_g, per) + beta
     dtype = g.type_of(x).np_dtype
     return C, G, eps, scale.astype(dtype), bias.astype(dtype)
+
+
+def _bn_affine(m: Match, g: Graph, C: int):
+    """(gamma, beta) per channel of an inference BatchNormalization, or why it is not one."""
+    bn = m.node("affine_bn")
+    if bn.attr("training_mode", 0) or any(o and g.is_used(o) for o in bn.outputs[1:]):
+        return "BatchNormalization runs in training mode"
+    arrays = [m.const(k).astype(np.float64).reshape(-1) for k in ("bn_scale", "bn_bias", "bn_mean", "bn_var")]
+    if any(a.size != C for a in arrays):
+        return f"BatchNormalization parameters are not per channel ({C})"
+    scale, bias, mean, var = arrays
+    gamma = scale / np.sqrt(var + float(bn.attr("epsilon", 1e-5)))
+    return gamma, bias - mean * gamma
+
+
+def _bn_is_plain_affine(m: Match) -> bool:
+    """BatchNormalization(mean 0, var 1, epsilon 0): exactly x * scale + bias (what this pass emits)."""
+    bn = m.node("affine_bn")
+    return bool(np.all(m.const("bn_mean") == 0) and np.all(m.const("bn_var") == 1) and bn.attr("epsilon", 1e-5) == 0)
 
 
 def _restores(g: Graph, reshape, x: str) -> str | None:
@@ -173,6 +205,14 @@ def _groupnorm_form(ctx, option: str) -> str:
     return "GroupNormalization"
 
 
+def _affine_form(ctx, option: str) -> str:
+    if option != "auto":
+        return option
+    # measured, ORT CPU one thread: Mul + Add over [4, 64, 32, 32] 0.109 ms, BatchNormalization 0.056 ms
+    # (bit-identical with mean 0, var 1, epsilon 0); 52 GroupNorms of svd-unet:small: ~2.5 ms
+    return "BatchNormalization" if ort_cpu(ctx) else "Mul-Add"
+
+
 @dataclass(frozen=True)
 class FuseGroupNorm(Pass):
     """Recognise GroupNorm and emit the form the target runs best.
@@ -188,14 +228,21 @@ class FuseGroupNorm(Pass):
     slower) - an InstanceNormalization-form match is then kept as it is. The group-level affine of
     InstanceNormalization is folded into the per-channel scale/bias. Refused: gamma/beta not per
     channel, reshapes that do not split channels into groups or do not restore the shape.
+    On ORT CPU the per-channel affine after the InstanceNormalization form is one
+    BatchNormalization(scale, bias, mean 0, var 1, epsilon 0) - exactly x * scale + bias in one pass
+    instead of Mul and Add (half the time); that form is recognised and kept too.
     `form`: auto (by target), GroupNormalization, InstanceNormalization.
+    `affine` (InstanceNormalization form): auto (BatchNormalization on ORT CPU, else Mul-Add),
+    Mul-Add, BatchNormalization.
     """
 
     name = "fuse-groupnorm"
     form: Literal["auto", "GroupNormalization", "InstanceNormalization"] = "auto"
+    affine: Literal["auto", "Mul-Add", "BatchNormalization"] = "auto"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         form = _groupnorm_form(ctx, self.form)
+        affine = _affine_form(ctx, self.affine)
         gate = OpsetGate(graph)
 
         def check(m, g, c):
@@ -216,20 +263,24 @@ class FuseGroupNorm(Pass):
                 b = g.add_constant(bias, f"{anchor.name or 'groupnorm'}.bias")
                 node = emit(g, "GroupNormalization", [m["x"], s, b], like=anchor, attrs={"epsilon": eps, "num_groups": G})
                 return [node.outputs[0]]
-            if "inorm" in m and _is_canonical(m, g):
-                return Keep("already Reshape-InstanceNormalization-Reshape-Mul-Add, the fastest form on ORT CPU")
-            return [_emit_instancenorm_form(g, m, anchor, C, G, eps, scale, bias)]
+            if "inorm" in m and _is_canonical(m, g, affine):
+                return Keep(f"already Reshape-InstanceNormalization-Reshape-{affine}, the form chosen for the target")
+            return [_emit_instancenorm_form(g, m, anchor, C, G, eps, scale, bias, affine)]
 
         rules = [Rule(r.name, r.pattern, rewrite, check, r.anchor, r.form) for r in _groupnorm_rules(None)]
         return apply_rules(graph, rules, ctx).result()
 
 
-def _is_canonical(m: Match, g: Graph) -> bool:
+def _is_canonical(m: Match, g: Graph, affine: str = "Mul-Add") -> bool:
     s, b = m.const("in_scale"), m.const("in_bias")
-    return bool(np.all(s == 1) and np.all(b == 0) and "gamma" in m and "beta" in m)
+    if not (np.all(s == 1) and np.all(b == 0)):
+        return False
+    if affine == "BatchNormalization":
+        return "affine_bn" in m and _bn_is_plain_affine(m)
+    return "gamma" in m and "beta" in m
 
 
-def _emit_instancenorm_form(g: Graph, m: Match, anchor, C, G, eps, scale, bias) -> str:
+def _emit_instancenorm_form(g: Graph, m: Match, anchor, C, G, eps, scale, bias, affine: str = "Mul-Add") -> str:
     x = m["x"]
     xt = g.type_of(x)
     rank = len(xt.shape)
@@ -245,6 +296,10 @@ def _emit_instancenorm_form(g: Graph, m: Match, anchor, C, G, eps, scale, bias) 
     else:
         back = emit(g, "Shape", [x], like=anchor, types=[TensorType(TensorProto.INT64, (rank,))]).outputs[0]
     r2 = emit(g, "Reshape", [inorm.outputs[0], back], like=anchor, suffix="Reshape_back", types=[xt])
+    if affine == "BatchNormalization":  # mean 0, var 1, epsilon 0: y = x * scale + bias exactly
+        ins = [r2.outputs[0], g.add_constant(scale, f"{stem}.scale"), g.add_constant(bias, f"{stem}.bias"),
+               g.add_constant(np.zeros(C, dtype), f"{stem}.mean"), g.add_constant(np.ones(C, dtype), f"{stem}.var")]
+        return emit(g, "BatchNormalization", ins, like=anchor, attrs={"epsilon": 0.0}, types=[xt]).outputs[0]
     pshape = (C,) + (1,) * (rank - 2)
     mul = emit(g, "Mul", [r2.outputs[0], g.add_constant(scale.reshape(pshape), f"{stem}.scale")], like=anchor, types=[xt])
     add = emit(g, "Add", [mul.outputs[0], g.add_constant(bias.reshape(pshape), f"{stem}.bias")], like=anchor, types=[xt])

@@ -1,14 +1,17 @@
-"""Bias + residual adds into the normalization that follows them (where a target has such an op)."""
+"""Residual streams: bias + residual adds into the normalization that follows them (where a target has
+such an op); a blend of a residual block's input and output as one residual add."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from vidcc.ir import Graph
 from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.rewrite import Const, Match, P, Rule, Var, apply_rules, emit
 
-from ._fusion import MS, accepts, ort_cpu, preference
+from ._fusion import MS, accepts, ort_cpu, preference, scalar, static
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,87 @@ def _skip(ctx, force: bool) -> str | None:
     return None
 
 
-PASSES = [FuseSkipLayerNorm]
+# ---- alpha blend of a residual block's input and output -----------------------------------------------
+def _scaled_producer(g: Graph, r: str):
+    """The Conv (with constant weight and bias) that alone produces r, through Reshapes each read only
+    by the next node: its output can absorb a scalar factor into its weights. None if there is none."""
+    t = r
+    while True:
+        node = g.producer(t)
+        if node is None or len(g.consumers(t)) != 1 or t in g.outputs:
+            return None
+        if node.op_type == "Reshape" and node.domain == "":
+            t = node.inputs[0]
+            continue
+        if node.op_type == "Conv" and node.domain == "" and g.is_constant(node.inputs[1]) and \
+                (len(node.inputs) < 3 or not node.inputs[2] or g.is_constant(node.inputs[2])):
+            return node
+        return None
+
+
+@dataclass(frozen=True)
+class FoldAlphaBlend(Pass):
+    """A blend of a residual block's input x and its output x + r as one residual add.
+
+    Rewrite cases (diffusers' AlphaBlender after SVD's temporal ResBlock: alpha x + (1 - alpha)(x + r)):
+    - Add(Mul(x, a), Mul(Add(x, r), b)) with constants a + b = 1 (within 1e-6, elementwise after
+      broadcasting) and x, r and the result of one shape -> Add(x, Mul(r, b)) = (a + b) x + b r;
+    - when b is one scalar and r comes from a Conv with constant weights (through Reshapes only it
+      reads), b is folded into that Conv's weights and bias: -> Add(x, Conv'(...)).
+    Four passes over the activation become one. Equal to the original up to float rounding.
+    ORT CPU only unless `force` (measured there; other targets fuse element-wise chains themselves).
+    """
+
+    name = "fuse-alpha-blend"
+    force: bool = False
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if not self.force and not ort_cpu(ctx):
+            return PassResult(False, {"AlphaBlend": "skipped: only measured to pay on ORT CPU"})
+
+        def check(m: Match, g: Graph, c) -> str | None:
+            x, r, out = (g.type_of(t).shape for t in (m["x"], m["r"], m.node("blend").outputs[0]))
+            if not (static(x) and static(r) and static(out)) or not (tuple(x) == tuple(r) == tuple(out)):
+                return f"x {x}, r {r} and the blend {out} are not of one static shape"
+            a, b = m.const("a"), m.const("b")
+            try:
+                total = np.broadcast_to(a.astype(np.float64), np.broadcast_shapes(a.shape, b.shape)) + b
+                np.broadcast_shapes(a.shape, b.shape, tuple(out))
+            except ValueError:
+                return "blend factors do not broadcast to the blend"
+            if np.broadcast_shapes(a.shape, b.shape, tuple(out)) != tuple(out):
+                return "blend factors broadcast the blend to a larger shape"
+            if not np.allclose(total, 1.0, rtol=0, atol=1e-6):
+                return f"blend factors do not sum to 1 (a + b in [{total.min():.6g}, {total.max():.6g}])"
+            return None
+
+        def rewrite(m: Match, g: Graph, c):
+            blend = m.node("blend")
+            r, factor = m["r"], scalar(g, m["b"])
+            conv = _scaled_producer(g, r) if factor is not None else None
+            if conv is not None:
+                w = g.constant(conv.inputs[1])
+                stem = conv.name or "conv"
+                scaled_w = (w.astype(np.float64) * factor).astype(w.dtype)
+                g.set_input(conv, 1, g.add_constant(scaled_w, f"{stem}.blended_weight"))
+                if len(conv.inputs) > 2 and conv.inputs[2]:
+                    bias = g.constant(conv.inputs[2])
+                    g.set_input(conv, 2, g.add_constant((bias.astype(np.float64) * factor).astype(bias.dtype),
+                                                        f"{stem}.blended_bias"))
+                scaled = r
+            else:
+                scaled = emit(g, "Mul", [r, m["b"]], like=m.node("mix_r"), suffix="residual",
+                              types=[g.type_of(r)]).outputs[0]
+            return [emit(g, "Add", [m["x"], scaled], like=blend, suffix="residual",
+                         types=[g.type_of(blend.outputs[0])]).outputs[0]]
+
+        x = Var("x")
+        pat = P("Add", P("Mul", x, Const("a"), name="mix_x"),
+                P("Mul", P("Add", x, Var("r"), name="residual"), Const("b"), name="mix_r"), name="blend")
+        return apply_rules(graph, [Rule("AlphaBlend", pat, rewrite, check, anchor="residual")], ctx).result()
+
+
+PASSES = [FuseSkipLayerNorm, FoldAlphaBlend]
 
 # Fusion order: folding BN first changes no pattern; norms before activations (GroupNorm's SiLU
 # tail stays a SiLU); attention, then attention over one key folded (its Q path dies), before packing
@@ -89,6 +172,6 @@ PIPELINES = [
     ("fuse",
      "fuse-conv-bn,fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,"
      "fuse-single-key-attention,fuse-qkv,unpack-projections,fuse-bias-gelu,fuse-skip-layernorm,fuse-gemm,"
-     "temporal-conv-2d,dce",
+     "fuse-alpha-blend,fuse-upsample-conv,temporal-conv-2d,dce",
      "all fusions, each emitting what the target accepts (and runs best)"),
 ]

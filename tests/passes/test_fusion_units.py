@@ -35,9 +35,20 @@ def groupnorm_reducemean(opset=17):
 
 
 def test_groupnorm_reducemean_form_for_ort_becomes_instancenorm_form():
+    # ORT CPU: the channel affine as one BatchNormalization(mean 0, var 1, epsilon 0), bit-exact x * s + b
     graph, log = check(groupnorm_reducemean(), "fuse-groupnorm,fuse-silu,dce", {"x": rand(2, 8, 3, 3)}, target=ORT_CPU)
-    assert ops(graph) == ["Reshape", "InstanceNormalization", "Reshape", "Mul", "Add", "com.microsoft::QuickGelu"]
+    assert ops(graph) == ["Reshape", "InstanceNormalization", "Reshape", "BatchNormalization", "com.microsoft::QuickGelu"]
+    bn = graph.toposort()[3]
+    assert bn.attr("epsilon") == 0.0 and np.all(graph.constant(bn.inputs[3]) == 0) and np.all(graph.constant(bn.inputs[4]) == 1)
     assert log["fuse-groupnorm"].stats == {"GroupNorm": "1/1"}
+    # that form is recognised and kept as it is (running the pass again changes nothing)
+    again = PassContext(target=ORT_CPU, verify_each=True)
+    run_pipeline(graph, "fuse-groupnorm", again)
+    assert again.log[0].stats == {"GroupNorm": "1/1", "GroupNorm kept": 1} and "BatchNormalization" in ops(graph)
+    # Mul + Add on request (and for other ORT targets, where it is not measured)
+    graph, _ = check(groupnorm_reducemean(), "fuse-groupnorm{affine=Mul-Add},fuse-silu,dce", {"x": rand(2, 8, 3, 3)},
+                     target=ORT_CPU)
+    assert ops(graph) == ["Reshape", "InstanceNormalization", "Reshape", "Mul", "Add", "com.microsoft::QuickGelu"]
 
 
 @pytest.mark.parametrize("opset", [17, 18])
@@ -227,14 +238,29 @@ def attention_model(form="legacy", Sq=6, Sk=6, H=2, D=4, scaling="both"):
 
 
 @pytest.mark.parametrize("form", ["legacy", "dynamo"])
-@pytest.mark.parametrize("target,op", [(None, "Attention"), (ORT_CPU, "com.microsoft::MultiHeadAttention")])
-def test_attention_forms_and_targets(form, target, op):
-    model, feeds = attention_model(form, Sq=6, Sk=3)  # cross-attention: 3 keys
+@pytest.mark.parametrize("target,sk,op", [(None, 3, "Attention"), (ORT_CPU, 3, "Attention"),
+                                          (ORT_CPU, 65, "com.microsoft::MultiHeadAttention")])
+def test_attention_forms_and_targets(form, target, sk, op):
+    model, feeds = attention_model(form, Sq=6, Sk=sk)  # cross-attention: sk keys
     graph, log = check(model, "fuse-attention,dce", feeds, target=target)
     assert ops(graph) == [op]
-    assert log["fuse-attention"].stats == {"Attention": "1/1"}
     node = graph.toposort()[0]
     assert node.attr("scale") == pytest.approx(0.5)
+    stats = log["fuse-attention"].stats
+    if target is None:  # no choice to make: standard Attention-23
+        assert stats == {"Attention": "1/1"}
+    else:  # the ORT CPU choice goes by the key length, and says so
+        assert stats == {"Attention": "1/1", f"emitted {'MultiHeadAttention' if 'Multi' in op else 'Attention-23'}": 1}
+        why = log["fuse-attention"].details[0]["emitted"]
+        assert (f"{sk} keys <= 64" if sk <= 64 else f"{sk} keys > 64") in why
+
+
+def test_attention_on_ort_cpu_short_kv_option_and_explicit_form():
+    model, feeds = attention_model("legacy", Sq=6, Sk=3)
+    graph, _ = check(model, "fuse-attention{short_kv=2},dce", feeds, target=ORT_CPU)
+    assert ops(graph) == ["com.microsoft::MultiHeadAttention"]
+    graph, _ = check(model, "fuse-attention{form=MultiHeadAttention},dce", feeds, target=ORT_CPU)
+    assert ops(graph) == ["com.microsoft::MultiHeadAttention"] and graph.opsets[""] == 17
 
 
 def test_attention_scores_divided_and_refused_for_tvm():
@@ -405,3 +431,80 @@ def test_bias_gelu_for_ort_cpu_only():
     for target in (ORT_CPU, TVM):  # neither accepts it
         graph, log = check(model, "fuse-bias-gelu,dce", {"x": rand(2, 5, 8)}, target=target)
         assert ops(graph) == ["MatMul", "Add", "Gelu"] and "does not accept" in log["fuse-bias-gelu"].stats["BiasGelu"]
+
+
+def upsample_conv(coord="asymmetric", rounding="floor", dims=(2, 6, 4, 5), bias=True, mode="nearest"):
+    """Resize(nearest 2x) -> Conv 3x3 pad 1 (a UNet Upsample2D), then a Relu reading the result."""
+    N, C, H, W = dims
+    attrs = {"mode": mode, "coordinate_transformation_mode": coord}
+    if mode == "nearest":
+        attrs["nearest_mode"] = rounding
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["u"], **attrs),
+             helper.make_node("Conv", ["u", "w"] + (["b"] if bias else []), ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    inits = [init("scales", np.array([1, 1, 2, 2], np.float32)), init("w", rand(3, C, 3, 3, seed=1)),
+             init("b", rand(3, seed=2))]
+    x_shape = [N, C, H, W] if all(isinstance(d, int) for d in dims) else list(dims)
+    return make_model(nodes, [V("x", T.FLOAT, x_shape)], [V("y", T.FLOAT, None)], inits)
+
+
+@pytest.mark.parametrize("coord,rounding,bias", [("asymmetric", "floor", True), ("half_pixel", "round_prefer_floor", False),
+                                                 ("pytorch_half_pixel", "round_prefer_ceil", True)])
+def test_upsample_conv_as_four_phase_convs_on_ort_cpu(coord, rounding, bias):
+    feeds = {"x": rand(2, 6, 4, 5)}
+    graph, log = check(upsample_conv(coord, rounding, bias=bias), "infer-shapes,fuse-upsample-conv,dce", feeds,
+                       target=ORT_CPU)
+    kinds = ops(graph)
+    assert "Resize" not in kinds and kinds.count("Conv") == 4 and kinds[-1] == "Relu"
+    convs = [n for n in graph.toposort() if n.op_type == "Conv"]
+    assert {tuple(n.attr("pads")) for n in convs} == {(1, 1, 0, 0), (1, 0, 0, 1), (0, 1, 1, 0), (0, 0, 1, 1)}
+    assert all(graph.constant(n.inputs[1]).shape == (3, 6, 2, 2) for n in convs)
+    assert graph.type_of(graph.outputs[0]).shape == (2, 3, 8, 10)
+    assert log["fuse-upsample-conv"].stats == {"UpsampleConv": "1/1"}
+
+
+def test_upsample_conv_dynamic_shapes_use_depth_to_space_and_other_targets_skip():
+    model = upsample_conv(dims=("N", 6, "H", "W"))
+    graph, log = check(model, "fuse-upsample-conv,dce", {"x": rand(3, 6, 5, 4)}, target=ORT_CPU)
+    assert ops(graph)[-3:] == ["Concat", "DepthToSpace", "Relu"] and ops(graph).count("Conv") == 4
+    graph, log = check(model, "fuse-upsample-conv,dce", {"x": rand(3, 6, 5, 4)}, target=TVM)
+    assert ops(graph) == ["Resize", "Conv", "Relu"] and "skipped" in log["fuse-upsample-conv"].stats["UpsampleConv"]
+
+
+@pytest.mark.parametrize("coord,mode,why", [("align_corners", "nearest", "floor(i/2)"), ("asymmetric", "linear", "not nearest")])
+def test_upsample_conv_refused_with_reason(coord, mode, why):
+    graph, log = check(upsample_conv(coord, "floor", mode=mode), "infer-shapes,fuse-upsample-conv", {"x": rand(2, 6, 4, 5)},
+                       target=ORT_CPU)
+    rec = log["fuse-upsample-conv"]
+    assert ops(graph) == ["Resize", "Conv", "Relu"] and rec.stats == {"UpsampleConv": "0/1"}
+    assert why in rec.details[0]["reason"]
+
+
+def alpha_blend(a=0.3, b=0.7, through_conv=True):
+    """diffusers' AlphaBlender after a residual block: a * x + b * (x + r), r = Conv(Relu(x)) or Relu(x)."""
+    nodes = [helper.make_node("Relu", ["x"], ["h"])]
+    if through_conv:
+        nodes += [helper.make_node("Conv", ["h", "w", "cb"], ["r"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    else:
+        nodes += [helper.make_node("Neg", ["h"], ["r"])]
+    nodes += [helper.make_node("Add", ["x", "r"], ["res"]), helper.make_node("Mul", ["a", "x"], ["ax"]),
+              helper.make_node("Mul", ["b", "res"], ["br"]), helper.make_node("Add", ["ax", "br"], ["y"])]
+    inits = [init("w", rand(4, 4, 3, 3, seed=1) * 0.3), init("cb", rand(4, seed=2)),
+             init("a", np.full((1, 1, 1, 1), a, np.float32)), init("b", np.full((1, 1, 1, 1), b, np.float32))]
+    return make_model(nodes, [V("x", T.FLOAT, [2, 4, 5, 5])], [V("y", T.FLOAT, None)], inits)
+
+
+def test_alpha_blend_folds_into_the_residual_conv_on_ort_cpu():
+    feeds = {"x": rand(2, 4, 5, 5)}
+    graph, log = check(alpha_blend(), "infer-shapes,fuse-alpha-blend,dce", feeds, target=ORT_CPU)
+    assert ops(graph) == ["Relu", "Conv", "Add"] and log["fuse-alpha-blend"].stats == {"AlphaBlend": "1/1"}
+    conv = graph.toposort()[1]
+    assert np.allclose(graph.constant(conv.inputs[1]), rand(4, 4, 3, 3, seed=1) * 0.3 * 0.7)
+    # r not from a Conv: x + b * r
+    graph, _ = check(alpha_blend(through_conv=False), "infer-shapes,fuse-alpha-blend,dce", feeds, target=ORT_CPU)
+    assert ops(graph) == ["Relu", "Neg", "Mul", "Add"]
+    # factors that do not sum to 1 are refused; other targets skip
+    graph, log = check(alpha_blend(0.3, 0.6), "infer-shapes,fuse-alpha-blend,dce", feeds, target=ORT_CPU)
+    assert log["fuse-alpha-blend"].stats == {"AlphaBlend": "0/1"} and "sum to 1" in log["fuse-alpha-blend"].details[0]["reason"]
+    graph, log = check(alpha_blend(), "infer-shapes,fuse-alpha-blend,dce", feeds, target=TVM)
+    assert len(ops(graph)) == 6 and "skipped" in log["fuse-alpha-blend"].stats["AlphaBlend"]
