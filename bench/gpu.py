@@ -187,6 +187,29 @@ def table(args) -> None:
                                         "rows": rows}, args.out_dir)
 
 
+def _bound_step(sess, feeds: dict, out_like: dict, device: str, cuda_graph: bool):
+    """One run with inputs and outputs on the device (IO binding): what a pipeline calling the model in
+    a loop pays. With a CUDA graph the outputs are fixed buffers (a replay writes to the captured ones)."""
+    import onnxruntime as ort
+
+    binding = sess.io_binding()
+    dev = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), device, 0) for k, v in feeds.items()}
+    for k, v in dev.items():
+        binding.bind_ortvalue_input(k, v)
+    for name, like in out_like.items():
+        if cuda_graph:
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_shape_and_type(like.shape, like.dtype, device, 0))
+        else:
+            binding.bind_output(name, device)
+
+    def step():
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    step.keep = (binding, dev)  # the bound buffers live as long as the step
+    return step
+
+
 def ort_profile(args) -> None:
     import collections
 
@@ -220,22 +243,9 @@ def ort_profile(args) -> None:
             so.profile_file_prefix = f"/tmp/ortprof-{args.target}"
         providers = [("CUDAExecutionProvider", opts), "CPUExecutionProvider"] if on_gpu else ["CPUExecutionProvider"]
         sess = ort.InferenceSession(str(model_path), so, providers=providers)
-        binding = sess.io_binding()
-        dev = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), device, 0) for k, v in exp_feeds.items()}
-        for k, v in dev.items():
-            binding.bind_ortvalue_input(k, v)
         if label == "base":
             out_like = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, exp_feeds)))
-        for name, like in out_like.items():
-            if cuda_graph:  # fixed output buffers: a replayed graph writes to the captured addresses
-                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_shape_and_type(like.shape, like.dtype, device, 0))
-            else:
-                binding.bind_output(name, device)
-
-        def step():
-            sess.run_with_iobinding(binding)
-            binding.synchronize_outputs()
-
+        step = _bound_step(sess, exp_feeds, out_like, device, cuda_graph)
         try:
             timing = time_fn(step, runs=args.repeat, warmup=3)
             rows.append({"variant": label, "options": opts, "median_ms": round(timing.median_ms, 2)})
@@ -244,13 +254,96 @@ def ort_profile(args) -> None:
         print(rows[-1], flush=True)
         if label == "base":
             profile = _summarize_profile(sess.end_profiling(), args.top)
-        del sess, binding, dev
+        del sess, step
     import onnx
 
     nodes = collections.Counter(n.op_type for n in onnx.load(str(model_path), load_external_data=False).graph.node)
     _save(args.name or f"gpu-ort-profile-{args.model.replace(':', '-')}-{args.target}",
           {"model": args.model, "target": args.target, "pipeline": args.pipeline or "default", "latent": [args.frames, args.height, args.width],
            "device": _device(), "variants": rows, "profile": profile, "op_counts": dict(nodes.most_common())}, args.out_dir)
+
+
+def _one_op_model(nodes, inputs: dict, output: str, inits=(), opset: int = 23):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "op", [helper.make_tensor_value_info(k, TensorProto.FLOAT16, v) for k, v in inputs.items()],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT16, None)], list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=10)
+
+
+def _attention_forms(B: int, S: int, C: int, heads: int) -> dict:
+    """The forms vidcc can emit for one attention block over q, k, v [B, S, C] (fp16)."""
+    from onnx import helper, numpy_helper
+
+    D = C // heads
+    qkv = {n: [B, S, C] for n in "qkv"}
+    mk = helper.make_node
+    forms = {"MultiHeadAttention": _one_op_model([mk("MultiHeadAttention", list("qkv"), ["y"], domain="com.microsoft",
+                                                    num_heads=heads)], qkv, "y"),
+             "Attention-23": _one_op_model([mk("Attention", list("qkv"), ["y"], q_num_heads=heads, kv_num_heads=heads)],
+                                           qkv, "y")}
+    inits = [numpy_helper.from_array(np.array([B, S, heads, D], np.int64), "split"),
+             numpy_helper.from_array(np.array([B, S, C], np.int64), "merge"),
+             numpy_helper.from_array(np.array(D ** -0.5, np.float16), "scale")]
+    nodes = [mk("Reshape", ["q", "split"], ["q4"]), mk("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+             mk("Reshape", ["k", "split"], ["k4"]), mk("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+             mk("Reshape", ["v", "split"], ["v4"]), mk("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3]),
+             mk("MatMul", ["qh", "kt"], ["s"]), mk("Mul", ["s", "scale"], ["ss"]), mk("Softmax", ["ss"], ["p"], axis=-1),
+             mk("MatMul", ["p", "vh"], ["o"]), mk("Transpose", ["o"], ["om"], perm=[0, 2, 1, 3]),
+             mk("Reshape", ["om", "merge"], ["y"])]
+    forms["unfused"] = _one_op_model(nodes, qkv, "y", inits)
+    return forms
+
+
+def _conv_forms(N: int, C: int, H: int, W: int) -> dict:
+    from onnx import helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((C, C, 3, 3)).astype(np.float16) * 0.05
+    mk = helper.make_node
+    return {"Conv": _one_op_model([mk("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], {"x": [N, C, H, W]}, "y",
+                                  [numpy_helper.from_array(w, "w")]),
+            "NhwcConv": _one_op_model([mk("NhwcConv", ["x", "w"], ["y"], domain="com.microsoft", pads=[1, 1, 1, 1])],
+                                      {"x": [N, H, W, C]}, "y", [numpy_helper.from_array(w.transpose(0, 2, 3, 1).copy(), "w")])}
+
+
+def ops(args) -> None:
+    """Single ops at the model's shapes, each alone in a session (CUDA graph, IO binding): which form of
+    an attention block or convolution the CUDA EP runs fastest. Per-node times from ORT's profiler are
+    host-side launch times on the CUDA EP, not kernel times, so they cannot answer this."""
+    import onnxruntime as ort
+
+    from vidcc.measure import time_fn
+
+    base = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC", "enable_cuda_graph": "1"}
+    variants = {"": {}, **json.loads(args.variants)}
+    rows = []
+    rng = np.random.default_rng(0)
+    for level, C in enumerate(int(c) for c in args.channels.split(",")):
+        h, w = args.height >> level, args.width >> level
+        cases = {f"spatial attention L{level}": (_attention_forms(args.frames, h * w, C, C // 64),
+                                                  4 * args.frames * (h * w) ** 2 * C),
+                 f"temporal attention L{level}": (_attention_forms(h * w, args.frames, C, C // 64),
+                                                   4 * h * w * args.frames ** 2 * C),
+                 f"conv3x3 L{level}": (_conv_forms(args.frames, C, h, w), 2 * 9 * C * C * args.frames * h * w)}
+        for case, (forms, flops) in cases.items():
+            for form, model in forms.items():
+                for vlabel, extra in variants.items():
+                    if vlabel and "ttention" not in form:
+                        continue
+                    row = {"case": case, "form": form + (f" {vlabel}" if vlabel else ""), "gflop": round(flops / 1e9, 2)}
+                    try:
+                        sess = ort.InferenceSession(model.SerializeToString(), providers=[("CUDAExecutionProvider", {**base, **extra})])
+                        feeds = {i.name: rng.standard_normal(i.shape).astype(np.float16) for i in sess.get_inputs()}
+                        out_like = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+                        t = time_fn(_bound_step(sess, feeds, out_like, "cuda", True), runs=args.repeat, warmup=3)
+                        row.update(median_ms=round(t.median_ms, 3), tflops=round(flops / t.median_ms / 1e9, 1))
+                    except Exception as exc:
+                        row["error"] = str(exc).strip().splitlines()[0][:200]
+                    rows.append(row)
+                    print(row, flush=True)
+    _save(args.name, {"latent": [args.frames, args.height, args.width], "channels": args.channels,
+                      "device": _device(), "rows": rows}, args.out_dir)
 
 
 def _summarize_profile(path: str, top: int) -> dict:
@@ -310,6 +403,16 @@ def main() -> int:
     c.add_argument("--name", help="result name (default gpu-ort-profile-MODEL-TARGET)")
     c.add_argument("--out-dir")
     c.set_defaults(func=ort_profile)
+    d = sub.add_parser("ops", help="attention forms and convolutions alone, at the model's shapes")
+    d.add_argument("--frames", type=int, default=14)
+    d.add_argument("--height", type=int, default=72)
+    d.add_argument("--width", type=int, default=128)
+    d.add_argument("--channels", default="320,640,1280", help="channels per UNet level (head size 64)")
+    d.add_argument("--variants", default="{}", help="JSON: label -> extra CUDA EP options for the attention forms")
+    d.add_argument("--repeat", type=int, default=20)
+    d.add_argument("--name", default="gpu-ops-svd-unet-full")
+    d.add_argument("--out-dir")
+    d.set_defaults(func=ops)
     args = p.parse_args()
     args.func(args)
     return 0
