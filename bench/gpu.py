@@ -327,6 +327,8 @@ def ops(args) -> None:
                                                    4 * h * w * args.frames ** 2 * C),
                  f"conv3x3 L{level}": (_conv_forms(args.frames, C, h, w), 2 * 9 * C * C * args.frames * h * w)}
         for case, (forms, flops) in cases.items():
+            if args.case and args.case != case:
+                continue
             for form, model in forms.items():
                 for vlabel, extra in variants.items():
                     if vlabel and "ttention" not in form:
@@ -410,6 +412,8 @@ def main() -> int:
     d.add_argument("--channels", default="320,640,1280", help="channels per UNet level (head size 64)")
     d.add_argument("--variants", default="{}", help="JSON: label -> extra CUDA EP options for the attention forms")
     d.add_argument("--repeat", type=int, default=20)
+    d.add_argument("--case", default="", help="only this case (e.g. 'temporal attention L0'): a failed kernel can leave "
+                   "the CUDA context unusable for the rest of the process")
     d.add_argument("--name", default="gpu-ops-svd-unet-full")
     d.add_argument("--out-dir")
     d.set_defaults(func=ops)
