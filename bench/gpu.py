@@ -307,6 +307,24 @@ def _conv_forms(N: int, C: int, H: int, W: int) -> dict:
                                       {"x": [N, H, W, C]}, "y", [numpy_helper.from_array(w.transpose(0, 2, 3, 1).copy(), "w")])}
 
 
+def _torch_conv(N: int, C: int, H: int, W: int, flops: float, repeat: int) -> dict:
+    import torch
+
+    from vidcc.measure import time_fn
+
+    torch.backends.cudnn.benchmark = True
+    x = torch.randn(N, C, H, W, device="cuda", dtype=torch.half).to(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(C, C, 3, padding=1, bias=False).cuda().half().to(memory_format=torch.channels_last)
+
+    def step():
+        with torch.no_grad():
+            conv(x)
+        torch.cuda.synchronize()
+
+    t = time_fn(step, runs=repeat, warmup=3)
+    return {"median_ms": round(t.median_ms, 3), "tflops": round(flops / t.median_ms / 1e9, 1)}
+
+
 def ops(args) -> None:
     """Single ops at the model's shapes, each alone in a session (CUDA graph, IO binding): which form of
     an attention block or convolution the CUDA EP runs fastest. Per-node times from ORT's profiler are
@@ -331,8 +349,6 @@ def ops(args) -> None:
                 continue
             for form, model in forms.items():
                 for vlabel, extra in variants.items():
-                    if vlabel and "ttention" not in form:
-                        continue
                     row = {"case": case, "form": form + (f" {vlabel}" if vlabel else ""), "gflop": round(flops / 1e9, 2)}
                     try:
                         sess = ort.InferenceSession(model.SerializeToString(), providers=[("CUDAExecutionProvider", {**base, **extra})])
@@ -344,6 +360,10 @@ def ops(args) -> None:
                         row["error"] = str(exc).strip().splitlines()[0][:200]
                     rows.append(row)
                     print(row, flush=True)
+            if case.startswith("conv"):  # what cuDNN reaches on the same conv through torch (channels-last)
+                rows.append({"case": case, "form": "torch channels_last", "gflop": round(flops / 1e9, 2),
+                             **_torch_conv(args.frames, C, h, w, flops, args.repeat)})
+                print(rows[-1], flush=True)
     _save(args.name, {"latent": [args.frames, args.height, args.width], "channels": args.channels,
                       "device": _device(), "rows": rows}, args.out_dir)
 
