@@ -254,6 +254,10 @@ def ort_profile(args) -> None:
         print(rows[-1], flush=True)
         if label == "base":
             profile = _summarize_profile(sess.end_profiling(), args.top)
+            if args.kernels:
+                nograph = {k: v for k, v in opts.items() if k != "enable_cuda_graph"}
+                profile["gpu_kernels"] = _kernel_times(ort.InferenceSession(str(model_path), providers=[
+                    ("CUDAExecutionProvider", nograph)]), exp_feeds, out_like, device, args.top)
         del sess, step
     import onnx
 
@@ -368,6 +372,27 @@ def ops(args) -> None:
                       "device": _device(), "rows": rows}, args.out_dir)
 
 
+def _kernel_times(sess, feeds: dict, out_like: dict, device: str, top: int) -> dict:
+    """GPU time per kernel of one run, read with torch's profiler (CUPTI sees every kernel in the process,
+    ORT's included). ORT's own profiler times nodes on the host: launches, not kernels. The session
+    replays no CUDA graph."""
+    import collections
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    step = _bound_step(sess, feeds, out_like, device, False)
+    step()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+    by_kernel = collections.Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            by_kernel[e.name[:90]] += e.device_time_total / 1e3
+    total = sum(by_kernel.values())
+    return {"total_ms": round(total, 2), "top": {k: round(v, 3) for k, v in by_kernel.most_common(top)}}
+
+
 def _summarize_profile(path: str, top: int) -> dict:
     """ORT's chrome-trace profile -> ms per (op type, provider) per run, and the slowest nodes."""
     import collections
@@ -422,6 +447,7 @@ def main() -> int:
     c.add_argument("--dynamic", action="store_true", help="compile for dynamic shapes (default: --static-shapes)")
     c.add_argument("--top", type=int, default=25)
     c.add_argument("--pipeline", default="", help="pass pipeline instead of the target's default")
+    c.add_argument("--kernels", action="store_true", help="also GPU time per kernel (torch's profiler; base variant)")
     c.add_argument("--name", help="result name (default gpu-ort-profile-MODEL-TARGET)")
     c.add_argument("--out-dir")
     c.set_defaults(func=ort_profile)
