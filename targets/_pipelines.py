@@ -16,8 +16,8 @@ BF16 = f"{STANDARD},tag-precision{{dtype=bf16}},materialize-precision"
 
 DEFAULT = {
     "ort": f"{CLEANUP},fuse",  # every fusion: the ORT CPU-only ones (unpacking, BiasGelu) pay there
-    "ort-cuda": f"{STANDARD},layout-nhwc",
-    "ort-cuda-fp16": f"{STANDARD},layout-nhwc,tag-precision{{dtype=fp16}},materialize-precision",
+    "ort-cuda": f"{STANDARD},fuse-bias-split-gelu,layout-nhwc",
+    "ort-cuda-fp16": f"{STANDARD},fuse-bias-split-gelu,layout-nhwc,tag-precision{{dtype=fp16}},materialize-precision",
     "tvm-llvm": STANDARD,
     "tvm-llvm-fp16": FP16,
     "tvm-cuda": STANDARD,

@@ -1,8 +1,9 @@
-"""layout-nhwc: convolutions and GroupNorms channels-last for ORT's CUDA EP.
+"""The forms vidcc emits for ORT's CUDA EP: layout-nhwc (convolutions and GroupNorms channels-last),
+fuse-bias-split-gelu (GEGLU in one kernel).
 
-The CUDA-only ops (com.microsoft NhwcConv, GroupNorm, QuickGelu) are checked on the CPU with onnx's
-reference evaluator and small implementations of them here (NhwcConv through ORT CPU's Conv); on the
-GPU, tests/gpu runs the ort-cuda targets on zoo models against the fp32 reference."""
+The CUDA-only ops (com.microsoft NhwcConv, GroupNorm, QuickGelu, BiasSplitGelu) are checked on the CPU
+with onnx's reference evaluator and small implementations of them here (NhwcConv through ORT CPU's
+Conv); on the GPU, tests/gpu runs the ort-cuda targets on zoo models against the fp32 reference."""
 
 from __future__ import annotations
 
@@ -58,9 +59,24 @@ class QuickGelu(OpRun):
         return ((x / (1 + np.exp(-_attrs(self.onnx_node).get("alpha", 1.702) * x))).astype(x.dtype),)
 
 
+class BiasSplitGelu(OpRun):
+    op_domain = "com.microsoft"
+
+    def _run(self, x, bias, **_):
+        y = (x + bias).astype(np.float64)
+        h1, h2 = np.split(y, 2, axis=-1)
+        return ((h1 * 0.5 * h2 * (1 + _erf(h2 / np.sqrt(2)))).astype(x.dtype),)
+
+
+def _erf(x):
+    from math import erf
+
+    return np.vectorize(erf)(x)
+
+
 def run_reference(graph, feeds):
     proto = onnx_io.to_proto(graph)
-    ref = ReferenceEvaluator(proto, new_ops=[NhwcConv, GroupNorm, QuickGelu])
+    ref = ReferenceEvaluator(proto, new_ops=[NhwcConv, GroupNorm, QuickGelu, BiasSplitGelu])
     return dict(zip([o.name for o in proto.graph.output], ref.run(None, feeds)))
 
 
@@ -134,3 +150,38 @@ def test_groupnorm_the_cuda_kernel_cannot_run_is_left_in_nchw():
 def test_targets_without_nhwc_kernels_are_left_alone():
     graph, log = _compile(resblock(), "ort")
     assert "skipped" in log["layout-nhwc"].stats and "NhwcConv" not in graph.op_histogram()
+
+
+def geglu(width: int) -> onnx.ModelProto:
+    """diffusers' GEGLU as the legacy exporter writes it: MatMul -> Add(bias) -> two Slices -> h1 * Gelu(h2)."""
+    half = width // 2
+    mk = helper.make_node
+    nodes = [mk("MatMul", ["x", "w"], ["p"]), mk("Add", ["b", "p"], ["y"]),
+             mk("Slice", ["y", "zero", "half", "last"], ["h1"]), mk("Slice", ["y", "half", "end", "last"], ["h2"]),
+             mk("Gelu", ["h2"], ["g"]), mk("Mul", ["h1", "g"], ["out"])]
+    inits = [init("w", rand(8, width, seed=1) * 0.3), init("b", rand(width, seed=2)), init("zero", np.array([0])),
+             init("half", np.array([half])), init("end", np.array([width])), init("last", np.array([-1]))]
+    return make_model(nodes, [V("x", T.FLOAT, [1, 5, 8])], [V("out", T.FLOAT, [1, 5, half])], inits, opset=20)
+
+
+def test_geglu_becomes_one_bias_split_gelu():
+    model = geglu(2560)
+    graph = onnx_io.from_proto(model)
+    ctx = PassContext(target=plugins.registry().targets["ort-cuda"].obj, verify_each=True)
+    run_pipeline(graph, "fuse-bias-split-gelu", ctx)
+    verify(graph)
+    assert [n.op_type for n in graph.toposort()] == ["MatMul", "BiasSplitGelu"]
+    assert ctx.log[-1].stats["BiasSplitGelu"] == "1/1"
+    feeds = {"x": rand(1, 5, 8, seed=3)}
+    assert_close(run_ort(model, feeds), run_reference(graph, feeds))
+
+
+def test_geglu_of_a_width_the_kernel_lacks_is_left_with_the_reason():
+    graph = onnx_io.from_proto(geglu(512))
+    ctx = PassContext(target=plugins.registry().targets["ort-cuda"].obj)
+    run_pipeline(graph, "fuse-bias-split-gelu", ctx)
+    assert "BiasSplitGelu" not in graph.op_histogram() and ctx.log[-1].stats["BiasSplitGelu"] == "0/1"
+    assert "width 512" in ctx.log[-1].details[0]["reason"]
+    ctx = PassContext(target=plugins.registry().targets["ort"].obj)  # ORT CPU has no kernel: skipped
+    run_pipeline(onnx_io.from_proto(geglu(2560)), "fuse-bias-split-gelu", ctx)
+    assert "skipped" in ctx.log[-1].stats["BiasSplitGelu"]
