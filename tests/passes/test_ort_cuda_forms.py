@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto as T
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
@@ -74,9 +75,22 @@ def _erf(x):
     return np.vectorize(erf)(x)
 
 
+class MultiHeadAttention(OpRun):
+    op_domain = "com.microsoft"
+
+    def _run(self, q, k, v, *_, **__):
+        a = _attrs(self.onnx_node)
+        h = a["num_heads"]
+        heads = [t.reshape(t.shape[0], t.shape[1], h, -1).transpose(0, 2, 1, 3).astype(np.float64) for t in (q, k, v)]
+        scores = heads[0] @ heads[1].transpose(0, 1, 3, 2) * a.get("scale", heads[0].shape[-1] ** -0.5)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        out = (p / p.sum(-1, keepdims=True)) @ heads[2]
+        return (out.transpose(0, 2, 1, 3).reshape(q.shape[0], q.shape[1], -1).astype(q.dtype),)
+
+
 def run_reference(graph, feeds):
     proto = onnx_io.to_proto(graph)
-    ref = ReferenceEvaluator(proto, new_ops=[NhwcConv, GroupNorm, QuickGelu, BiasSplitGelu])
+    ref = ReferenceEvaluator(proto, new_ops=[NhwcConv, GroupNorm, QuickGelu, BiasSplitGelu, MultiHeadAttention])
     return dict(zip([o.name for o in proto.graph.output], ref.run(None, feeds)))
 
 
@@ -185,3 +199,24 @@ def test_geglu_of_a_width_the_kernel_lacks_is_left_with_the_reason():
     ctx = PassContext(target=plugins.registry().targets["ort"].obj)  # ORT CPU has no kernel: skipped
     run_pipeline(onnx_io.from_proto(geglu(2560)), "fuse-bias-split-gelu", ctx)
     assert "skipped" in ctx.log[-1].stats["BiasSplitGelu"]
+
+
+@pytest.mark.parametrize("model,groupnorms", [("svd-unet:tiny", "20/37"), ("animatediff-unet:tiny", "14/28")])
+def test_unets_through_the_ort_cuda_pipeline_match_the_original(model, groupnorms):
+    """The whole ort-cuda pipeline on the tiny UNets (shapes bound, as --static-shapes does): every conv
+    channels-last, the GroupNorms the kernel takes (the rest have one channel per group) fused with their
+    SiLUs; the result evaluated on the CPU equals the original graph on ORT CPU."""
+    pytest.importorskip("diffusers")
+    from vidcc import zoo
+
+    exp = zoo.export(model)
+    feeds = dict(np.load(exp.inputs_path))
+    graph = onnx_io.load(exp.model_path)
+    target = plugins.registry().targets["ort-cuda"].obj
+    shapes = ",".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feeds.items() if v.ndim)
+    ctx = PassContext(target=target, verify_each=True)
+    run_pipeline(graph, f"infer-shapes{{shapes=[{shapes}]}},{target.default_pipeline}", ctx)
+    stats = {r.name: r.stats for r in ctx.log}["layout-nhwc"]
+    done, total = map(int, stats["NhwcConv"].split("/"))
+    assert done == total > 0 and "Conv" not in graph.op_histogram() and stats["GroupNorm"] == groupnorms
+    assert_close(run_ort(exp.model_path, feeds), run_reference(graph, {k: v for k, v in feeds.items() if k in graph.inputs}))
