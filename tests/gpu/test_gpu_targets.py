@@ -78,3 +78,22 @@ def test_ort_cuda_fp16_runs_svd_channels_last():
     done, total = map(int, stats["NhwcConv"].split("/"))
     assert done == total > 0 and stats["GroupNorm"].split("/")[0] == stats["GroupNorm"].split("/")[1]
     assert result.verdict.passed and min(m.cosine for m in result.metrics.values()) >= 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("target", ["ort-cuda", "ort-cuda-fp16"])
+def test_geglu_runs_as_bias_split_gelu(tmp_path, target):
+    """ORT's CUDA BiasSplitGelu (only at SD's widths, so no tiny zoo model reaches it) against ORT CPU."""
+    import onnx
+
+    from tests.passes.test_ort_cuda_forms import geglu
+
+    entry = plugins.registry().targets[target]
+    why = entry.obj.available()
+    if not why:
+        pytest.skip(f"{target} unavailable: {why.reason}")
+    path = tmp_path / "geglu.onnx"
+    onnx.save(geglu(2560), path)
+    result = compile_model(str(path), target, use_cache=False)
+    assert next(r.stats for r in result.pass_log if r.name == "fuse-bias-split-gelu")["BiasSplitGelu"] == "1/1"
+    assert result.verdict.passed and min(m.cosine for m in result.metrics.values()) >= 0.999
