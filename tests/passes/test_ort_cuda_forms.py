@@ -202,20 +202,22 @@ def test_geglu_of_a_width_the_kernel_lacks_is_left_with_the_reason():
 
 
 @pytest.mark.parametrize("model,groupnorms", [("svd-unet:tiny", "20/37"), ("animatediff-unet:tiny", "14/28")])
-def test_unets_through_the_ort_cuda_pipeline_match_the_original(model, groupnorms):
-    """The whole ort-cuda pipeline on the tiny UNets (shapes bound, as --static-shapes does): every conv
-    channels-last, the GroupNorms the kernel takes (the rest have one channel per group) fused with their
-    SiLUs; the result evaluated on the CPU equals the original graph on ORT CPU."""
+def test_unets_through_the_ort_cuda_fp16_passes_match_the_original(model, groupnorms):
+    """ort-cuda-fp16's graph-shaping passes (its pipeline up to the precision passes, so the check is
+    exact) on the tiny UNets, shapes bound as --static-shapes does: every conv channels-last, the
+    GroupNorms the kernel takes (the rest have one channel per group) fused with their SiLUs; the result
+    evaluated on the CPU equals the original graph on ORT CPU."""
     pytest.importorskip("diffusers")
     from vidcc import zoo
 
     exp = zoo.export(model)
     feeds = dict(np.load(exp.inputs_path))
     graph = onnx_io.load(exp.model_path)
-    target = plugins.registry().targets["ort-cuda"].obj
+    target = plugins.registry().targets["ort-cuda-fp16"].obj
+    shaping = target.default_pipeline.split(",tag-precision")[0]
     shapes = ",".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feeds.items() if v.ndim)
     ctx = PassContext(target=target, verify_each=True)
-    run_pipeline(graph, f"infer-shapes{{shapes=[{shapes}]}},{target.default_pipeline}", ctx)
+    run_pipeline(graph, f"infer-shapes{{shapes=[{shapes}]}},{shaping}", ctx)
     stats = {r.name: r.stats for r in ctx.log}["layout-nhwc"]
     done, total = map(int, stats["NhwcConv"].split("/"))
     assert done == total > 0 and "Conv" not in graph.op_histogram() and stats["GroupNorm"] == groupnorms
