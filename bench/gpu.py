@@ -128,7 +128,10 @@ def table(args) -> None:
     from vidcc.zoo import models as zmodels
     from vidcc.zoo.entries import ENTRIES
 
-    exp = zoo.export(args.model)
+    # --static-export: frames/height/width fixed in the export itself (torch versions that cannot export a
+    # model with them dynamic, e.g. Wan on torch 2.11); the zoo's sample inputs are then built at this shape
+    static = {"frames": args.frames, "height": args.height, "width": args.width} if args.static_export else None
+    exp = zoo.export(args.model, static=static)
     feeds = _feeds_at(exp, args.frames, args.height, args.width)
     graph = onnx_io.load(exp.model_path)
     flops = stats.summarize(stats.bind_input_shapes(graph, feeds))["flops"]
@@ -183,7 +186,8 @@ def table(args) -> None:
             continue
         add(r["target"], r["latency_median_ms"], r["cosine"], r["peak_device_mib"], {"build_s": r["build_s"]})
     _save(f"gpu-table-{name}-{size}", {"model": args.model, "latent": [args.frames, args.height, args.width],
-                                        "flops": flops, "device": _device(), "reference": "torch fp32 on the GPU (TF32 off)",
+                                        "static_export": exp.static or None, "flops": flops, "device": _device(),
+                                        "reference": "torch fp32 on the GPU (TF32 off)",
                                         "rows": rows}, args.out_dir)
 
 
@@ -434,6 +438,9 @@ def main() -> int:
     b.add_argument("--torch", default="eager,compile")
     b.add_argument("--repeat", type=int, default=5)
     b.add_argument("--dynamic", action="store_true", help="compile for dynamic shapes (default: --static-shapes)")
+    b.add_argument("--static-export", action="store_true",
+                   help="export the zoo model with frames/height/width static at --frames/--height/--width "
+                        "(no dynamic dims in the graph; for a torch whose torch.export fails on the dynamic ones)")
     b.add_argument("--out-dir")
     b.set_defaults(func=table)
     c = sub.add_parser("ort-profile")

@@ -82,3 +82,33 @@ def test_copy_export_moves_external_data_with_the_model(tmp_path):
 def test_bare_zoo_lists(capsys, argv):
     assert main(argv) == 0
     assert "moe-dit-trouter" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value,message", [
+    ("fps=3", "unknown static dim 'fps'; choose from frames, height, width"),
+    ("frames=0", "static frames must be a positive integer"),
+    ("frames=x", "static frames must be a positive integer"),
+    ("frames", "bad static dim 'frames': write DIM=SIZE"),
+])
+def test_export_bad_static_is_one_line(capsys, tmp_path, value, message):
+    assert main(["zoo", "export", "wan-dit:tiny", "--static", value, "-o", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vidcc: error: {message}") and "\n" not in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_parse_static():
+    assert zoo.parse_static("width=104, frames=5,height=60") == {"frames": 5, "height": 60, "width": 104}
+    assert zoo.parse_static("") == zoo.parse_static(None) == {}
+
+
+@needs_zoo
+def test_export_static_json(capsys, tmp_path):
+    out = tmp_path / "moe.onnx"
+    assert main(["zoo", "export", "moe-dit:tiny", "--exporter", "legacy", "--static", "frames=3,height=8,width=12",
+                 "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["static"] == {"frames": 3, "height": 8, "width": 12}
+    assert report["inputs"]["hidden_states"]["shape"] == [1, 4, 3, 8, 12]
+    model = onnx.load(str(out))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 4, 3, 8, 12]

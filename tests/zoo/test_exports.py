@@ -215,3 +215,53 @@ def test_local_checkpoint_round_trip(tmp_path):
 def test_moe_dit_refuses_local_weights(tmp_path):
     with pytest.raises(VidccError, match="no published checkpoint"):
         zoo.export("moe-dit:tiny", weights=tmp_path)
+
+
+@pytest.mark.parametrize("static", [{"frames": 3, "height": 8, "width": 12}, {"frames": 3}],
+                         ids=["all", "frames"])
+def test_static_export(static):
+    """static= fixes the named dims at those sizes (sample inputs built there); unnamed dims stay dynamic."""
+    dynamic = zoo.export("moe-dit:tiny", exporter="legacy")
+    exp = zoo.export("moe-dit:tiny", exporter="legacy", static=static)
+    assert exp.directory != dynamic.directory  # its own cache key
+    assert exp.static == static and exp.meta["static"] == static
+    model = onnx.load(str(exp.model_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["vidcc.zoo.static"] == ",".join(f"{k}={v}" for k, v in static.items())
+    sizes = {"frames": 3, "height": 8, "width": 12}
+    want_dims = [1, 4] + [static.get(d, d) for d in ("frames", "height", "width")]
+    for value in (model.graph.input[0], model.graph.output[0]):
+        assert dims(value) == want_dims, dims(value)
+    feeds = npz(exp.inputs_path)
+    assert list(feeds["hidden_states"].shape) == [1, 4] + [static.get(d, s) for d, s in
+                                                           zip(("frames", "height", "width"), (2, 16, 16))]
+    want = torch_run("moe-dit", feeds)
+    got = ort_run(exp.model_path, feeds)
+    reference = npz(exp.reference_path)
+    for key in want:
+        assert got[key].shape == want[key].shape == reference[key].shape
+        assert np.abs(got[key] - want[key]).max() <= TOL
+        assert np.abs(reference[key] - want[key]).max() <= TOL
+    if len(static) < 3:  # height/width really are still dynamic
+        feeds["hidden_states"] = np.random.default_rng(1).standard_normal(
+            [1, 4, sizes["frames"], 24, 32]).astype(np.float32)
+        want, got = torch_run("moe-dit", feeds), ort_run(exp.model_path, feeds)
+        assert np.abs(got["out_hidden_states"] - want["out_hidden_states"]).max() <= TOL
+
+
+@pytest.mark.parametrize("static,message", [
+    ({"fps": 3}, "unknown static dim 'fps'; choose from frames, height, width"),
+    ({"frames": 0}, "static frames must be a positive integer"),
+    ({"height": -4}, "static height must be a positive integer"),
+    ({"width": 2.5}, "static width must be a positive integer"),
+])
+def test_static_export_bad_dims_are_one_line(static, message):
+    with pytest.raises(VidccError) as info:
+        zoo.export("wan-dit:tiny", static=static)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_static_export_above_the_models_limit(tmp_path):
+    with pytest.raises(VidccError, match=r"^static frames=64 is too large for svd-unet: at most 63$"):
+        zoo.export("svd-unet:tiny", static={"frames": 64}, cache_dir=tmp_path)
+    assert [p.name for p in (tmp_path / "zoo").iterdir() if not p.name.endswith(".lock")] == []

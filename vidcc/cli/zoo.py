@@ -2,6 +2,8 @@
 
 `export -o X.onnx` writes X.onnx, X.inputs.npz (sample inputs, named as the graph inputs) and
 X.reference.npz (torch outputs, named as the graph outputs); full sizes also write X.onnx.data.
+`--static frames=5,height=60,width=104` fixes those latent dims in the graph (and the sample inputs) at
+those sizes; dims not named stay dynamic.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def add_parser(sub):
     ep.add_argument("--opset", type=int, help="ONNX opset (legacy 14-20, dynamo 18-23)")
     ep.add_argument("--weights", metavar="DIR",
                     help="a local diffusers checkpoint to load instead of random weights (or $VIDCC_ZOO_WEIGHTS)")
+    ep.add_argument("--static", metavar="DIM=N[,DIM=N]",
+                    help="export these latent dims (frames, height, width) static at these sizes, e.g. "
+                         "frames=5,height=60,width=104; sample inputs are built there (default: all dynamic)")
     ep.add_argument("--force", action="store_true", help="re-export even if cached")
     ep.add_argument("--json", action="store_true", help="machine-readable output")
     ep.set_defaults(func=run_export)
@@ -71,13 +76,15 @@ def run_list(args) -> int:
 def run_export(args) -> int:
     from vidcc import zoo
 
+    static = zoo.parse_static(args.static)  # a bad --static errors before the spinner starts
     with err_console.status(f"exporting {args.name}", spinner="dots") as spinner:
         exp = zoo.export(args.name, exporter=args.exporter, opset=args.opset, weights=args.weights,
-                         force=args.force, progress=lambda message: spinner.update(message))
+                         force=args.force, static=static, progress=lambda message: spinner.update(message))
         spinner.update(f"copying to {args.output}")
         written = zoo.copy_export(exp, args.output)
     meta = exp.meta
-    result = {"model": exp.spec, "exporter": exp.exporter, "opset": exp.opset, "cached": exp.cached,
+    result = {"model": exp.spec, "exporter": exp.exporter, "opset": exp.opset, "static": exp.static,
+              "cached": exp.cached,
               "nodes": meta.get("nodes"), "params": meta.get("params"), "inputs": meta.get("inputs"),
               "outputs": meta.get("outputs"), "files": {k: str(v) for k, v in written.items()},
               "cache": str(exp.directory)}
@@ -85,7 +92,8 @@ def run_export(args) -> int:
         print_json(result)
         return 0
     how = "from cache" if exp.cached else f"in {sum(meta.get('timings', {}).values()):.1f} s"
-    console.print(f"[bold]{exp.spec}[/] ({exp.exporter}, opset {exp.opset}, {meta.get('nodes')} nodes, "
+    fixed = "".join(f", {dim}={value} static" for dim, value in exp.static.items())
+    console.print(f"[bold]{exp.spec}[/] ({exp.exporter}, opset {exp.opset}{fixed}, {meta.get('nodes')} nodes, "
                   f"{meta.get('params', 0):,} params) {how}", highlight=False)
     for role, path in written.items():
         console.print(f"  wrote {role:9} {path}", highlight=False)

@@ -13,11 +13,13 @@ SIZES = ("tiny", "small", "full")
 EXPORTERS = ("legacy", "dynamo")
 OPSETS = {"legacy": range(14, 21), "dynamo": range(18, 24)}  # what each torch exporter implements
 DEFAULT_OPSET = {"legacy": 17, "dynamo": 18}
+VIDEO_DIMS = ("frames", "height", "width")  # the symbolic latent dims of every entry's video input/output
 
 
 @dataclass(frozen=True)
 class Shapes:
-    """Sample-input geometry. frames/height/width are latent sizes (dynamic axes in the graph)."""
+    """Sample-input geometry. frames/height/width are latent sizes (dynamic axes in the graph, unless an
+    export fixes them with `static=`)."""
 
     frames: int
     height: int

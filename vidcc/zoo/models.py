@@ -6,6 +6,7 @@ so both exporters see the same signature and the ONNX input names are exactly th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from vidcc.errors import VidccError
-from vidcc.zoo.entries import Entry
+from vidcc.zoo.entries import Entry, Shapes
 
 SEED = 20240901
 
@@ -139,10 +140,25 @@ def _video_axes(layout: str) -> dict[int, str]:
     return {layout.index("F"): "frames", layout.index("H"): "height", layout.index("W"): "width"}
 
 
-def build(entry: Entry, size: str, weights: Path | None = None) -> Built:
+def build(entry: Entry, size: str, weights: Path | None = None, static: dict[str, int] | None = None) -> Built:
+    """The module, its sample inputs and its dynamic axes. `static` ({"frames": 5, ...}, names from
+    VIDEO_DIMS, already validated by zoo.export) builds the sample inputs at those latent sizes and leaves
+    those axes out of `Built.dynamic`, so the exporters fix them; dims not named stay dynamic."""
     if size not in entry.configs:
         raise VidccError(f"unknown size {size!r} for {entry.name}; sizes: {', '.join(entry.sizes)}")
-    shapes = entry.shapes[size]
+    static = dict(static or {})
+    built = _build(entry, size, weights, dataclasses.replace(entry.shapes[size], **static))
+    for dim, value in static.items():
+        if value > built.dim_max.get(dim, value):
+            raise VidccError(f"static {dim}={value} is too large for {entry.name}: at most {built.dim_max[dim]}")
+    if static:
+        built.dynamic = {name: kept for name, axes in built.dynamic.items()
+                         if (kept := {axis: dim for axis, dim in axes.items() if dim not in static})}
+        built.dim_max = {dim: value for dim, value in built.dim_max.items() if dim not in static}
+    return built
+
+
+def _build(entry: Entry, size: str, weights: Path | None, shapes: Shapes) -> Built:
     gen = torch.Generator().manual_seed(_seed_of(entry.name, size, "inputs"))
     f, h, w, t = shapes.frames, shapes.height, shapes.width, shapes.text_len
 
