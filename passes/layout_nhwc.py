@@ -33,7 +33,8 @@ class LayoutNHWC(Pass):
 
     Rewrite cases (targets that accept com.microsoft NhwcConv and GroupNorm: ORT's CUDA EP):
     - Conv over a 4-D input with a constant weight -> Transpose(0,2,3,1) -> NhwcConv (weight as
-      [M, kH, kW, C/group]) -> Transpose(0,3,1,2);
+      [M, kH, kW, C/group]) -> Transpose(0,3,1,2) (run temporal-conv-2d{force=true} first: SVD's
+      (k,1,1) Conv3d become 2-D Convs over [N, C, F, H*W]);
     - GroupNorm in any form fuse-groupnorm recognises (input of rank >= 3; ranks other than 4 are
       viewed as [N, C, S, 1]) -> Transpose -> com.microsoft GroupNorm (fp32 gamma/beta; the kernel
       keeps its statistics in fp32) -> Transpose back; a SiLU (QuickGelu alpha=1) that alone reads it
@@ -83,7 +84,7 @@ def _groupnorm_to_nhwc() -> list[Rule]:
         xs = g.type_of(x).shape
         stem = anchor.name or "groupnorm"
         # the kernel takes [N, H, W, C] and normalizes over H*W: other ranks are viewed as 4-D, a 5-D
-        # [N, C, F, H, W] as [N, C, F, H*W] like the temporal convolutions around it
+        # [N, C, F, H, W] as [N, C, F, H*W] like the temporal convolutions around it (temporal-conv-2d)
         view = (xs if len(xs) == 4 else (*xs[:3], xs[3] * xs[4]) if len(xs) == 5 and static(xs[3:]) else
                 (xs[0], C, int(np.prod(xs[2:])) if static(xs[2:]) else -1, 1))
         four = x if len(xs) == 4 else _reshape(g, x, view, anchor, "as4d")
@@ -125,21 +126,6 @@ def _fold_silu(g: Graph, gn: Node) -> int:
     return 1
 
 
-def _as_2d(g: Graph, conv: Node, w: np.ndarray) -> dict | str:
-    """A Conv3d with a (k, 1, 1) kernel over [N, C, F, H, W] is a 2-D conv with a (k, 1) kernel over
-    [N, C, F, H*W]: its 2-D attributes, or why it is not one."""
-    pads = list(conv.attr("pads") or [0] * 6)
-    strides, dil = list(conv.attr("strides") or [1] * 3), list(conv.attr("dilations") or [1] * 3)
-    if w.shape[3:] != (1, 1) or strides[1:] != [1, 1] or pads[1:3] + pads[4:] != [0] * 4 \
-            or conv.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-        return "5-D Conv is not a (k, 1, 1) temporal convolution"
-    x, y = g.type_of(conv.inputs[0]).shape, g.type_of(conv.outputs[0]).shape
-    if not static(x[3:]) or y is None or len(y) != 5 or not static(y[3:]):
-        return "5-D Conv without static H, W (compile with --static-shapes)"
-    return {"kernel_shape": [w.shape[2], 1], "strides": [strides[0], 1], "dilations": [dil[0], 1],
-            "pads": [pads[0], 0, pads[3], 0], "group": conv.attr("group", 1)}
-
-
 def _reshape(g: Graph, x: str, shape, like: Node, suffix: str) -> str:
     """Reshape to `shape`: -1 is inferred; a dim that is not static (None) must be x's own at that
     position (0: copy it)."""
@@ -153,31 +139,19 @@ def _convs_to_nhwc(g: Graph) -> tuple[dict, list[dict]]:
     done, details = 0, []
     convs = [n for n in g.nodes_by_op("Conv") if n.domain in ("", "ai.onnx")]
     for conv in convs:
-        xt, w = g.type_of(conv.inputs[0]), g.constant(conv.inputs[1])
-        rank = len(xt.shape) if xt.shape is not None else None
-        attrs = {k: v for k, v in conv.attrs.items()}
+        xs, w = g.type_of(conv.inputs[0]).shape, g.constant(conv.inputs[1])
         why = ("weight is not a constant" if w is None else
-               None if rank == 4 else _as_2d(g, conv, w) if rank == 5 else f"input of rank {rank}")
-        if isinstance(why, dict):
-            attrs, why = why, None
+               None if xs is not None and len(xs) == 4 else
+               f"input of rank {len(xs) if xs is not None else '?'} (temporal-conv-2d turns (k,1,1) Conv3d into 2-D ones)")
         if why:
             details.append({"kind": "refused", "pattern": "NhwcConv", "node": conv.name or conv.outputs[0], "reason": why})
             continue
-        ot = g.type_of(conv.outputs[0])
-        x = conv.inputs[0]
-        if rank == 5:  # [N, C, F, H, W] -> [N, C, F, H*W]
-            x = _reshape(g, x, (*xt.shape[:3], xt.shape[3] * xt.shape[4]), conv, "as4d")
-            w = w.reshape(w.shape[:4])
-        x = _transpose(g, x, TO_NHWC, conv, "to_nhwc")
+        x = _transpose(g, conv.inputs[0], TO_NHWC, conv, "to_nhwc")
         weight = g.add_constant(np.ascontiguousarray(w.transpose(TO_NHWC)), f"{conv.name or 'conv'}.weight_nhwc")
-        o4 = TensorType(ot.dtype, (*ot.shape[:3], ot.shape[3] * ot.shape[4])) if rank == 5 else ot
         node = emit(g, "NhwcConv", [x, weight, *conv.inputs[2:]], like=conv, domain=MS, suffix="NhwcConv",
-                    attrs=attrs, types=[_permuted(o4, TO_NHWC)])
+                    attrs=dict(conv.attrs), types=[_permuted(g.type_of(conv.outputs[0]), TO_NHWC)])
         ensure_opset(g, MS, 1)
-        back = _transpose(g, node.outputs[0], TO_NCHW, conv, "to_nchw")
-        if rank == 5:
-            back = _reshape(g, back, ot.shape, conv, "back")
-        g.replace_all_uses(conv.outputs[0], back)
+        g.replace_all_uses(conv.outputs[0], _transpose(g, node.outputs[0], TO_NCHW, conv, "to_nchw"))
         remove_dead(g, [conv])
         done += 1
     return ({"NhwcConv": f"{done}/{len(convs)}"} if convs else {}), details

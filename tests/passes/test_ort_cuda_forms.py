@@ -127,7 +127,7 @@ def resblock(C=8, G=2, F=3, H=4, W=5) -> onnx.ModelProto:
 def _compile(model, target_name: str):
     graph = onnx_io.from_proto(model)
     ctx = PassContext(target=plugins.registry().targets[target_name].obj, verify_each=True)
-    run_pipeline(graph, "fuse-silu,layout-nhwc,dce", ctx)
+    run_pipeline(graph, "fuse-silu,temporal-conv-2d{force=true},layout-nhwc,dce", ctx)
     verify(graph)
     return graph, {r.name: r for r in ctx.log}
 
