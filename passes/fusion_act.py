@@ -10,6 +10,7 @@ from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.rewrite import Const, Match, Outcome, P, Rule, Var, apply_rules, emit, ensure_opset, remove_dead
 
 from ._fusion import MS, OpsetGate, accepts, ort_cpu
+from .fusion_linear import _parts
 
 SQRT2 = math.sqrt(2.0)
 
@@ -190,11 +191,9 @@ class FuseBiasSplitGelu(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if not accepts(ctx, "BiasSplitGelu", MS):
             return PassResult(False, {"BiasSplitGelu": "skipped: target has no com.microsoft BiasSplitGelu"})
-        from .fusion_linear import _parts
-
         out = Outcome()
         for gelu in [n for n in graph.nodes if n.op_type == "Gelu" and n.attr("approximate", "none") in ("none", b"none")]:
-            found = _geglu(graph, gelu, _parts)
+            found = _geglu(graph, gelu)
             if found is None:
                 continue
             out.candidates["BiasSplitGelu"] = out.candidates.get("BiasSplitGelu", 0) + 1
@@ -212,7 +211,7 @@ class FuseBiasSplitGelu(Pass):
         return out.result()
 
 
-def _geglu(graph: Graph, gelu, parts_of):
+def _geglu(graph: Graph, gelu):
     """(mul, add, x, bias, matched nodes) when gelu is GEGLU's gate; a reason when it is GEGLU but
     cannot be rewritten; None when it is not GEGLU."""
     cut = graph.producer(gelu.inputs[0])
@@ -221,7 +220,7 @@ def _geglu(graph: Graph, gelu, parts_of):
         return None
     mul = users[0]
     add = graph.producer(cut.inputs[0])
-    parts = parts_of(graph, cut.inputs[0])
+    parts = _parts(graph, cut.inputs[0])
     if add is None or add.op_type != "Add" or not parts or len(parts) != 2:
         return None
     (r1, s1, (a1, b1)), (r2, s2, (a2, b2)) = parts
