@@ -224,12 +224,14 @@ def ort_profile(args) -> None:
 
     from vidcc import zoo
 
-    exp_feeds = _feeds_at(zoo.export(args.model), args.frames, args.height, args.width)
+    static = {"frames": args.frames, "height": args.height, "width": args.width} if args.static_export else None
+    exp = zoo.export(args.model, static=static)
+    exp_feeds = _feeds_at(exp, args.frames, args.height, args.width)
     if args.pipeline:  # instead of the target's default, for A/B runs of its passes
         from vidcc import plugins
 
         plugins.registry().targets[args.target].obj.default_pipeline = args.pipeline
-    result = compile_model(args.model, args.target, inputs=exp_feeds, gate="lossy",
+    result = compile_model(exp.model_path.as_posix(), args.target, inputs=exp_feeds, gate="lossy",
                            static_shapes=not args.dynamic)
     model_path = result.artifact.path / "model.onnx"
     base = dict(result.manifest["build"]["settings"].get("cuda_options", {}))
@@ -454,6 +456,7 @@ def main() -> int:
     c.add_argument("--dynamic", action="store_true", help="compile for dynamic shapes (default: --static-shapes)")
     c.add_argument("--top", type=int, default=25)
     c.add_argument("--pipeline", default="", help="pass pipeline instead of the target's default")
+    c.add_argument("--static-export", action="store_true", help="as table's --static-export")
     c.add_argument("--kernels", action="store_true", help="also GPU time per kernel (torch's profiler; base variant)")
     c.add_argument("--name", help="result name (default gpu-ort-profile-MODEL-TARGET)")
     c.add_argument("--out-dir")
