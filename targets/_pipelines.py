@@ -11,6 +11,9 @@ CLEANUP = "cleanup"
 FUSIONS = ("fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,fuse-single-key-attention,"
            "temporal-conv-2d")
 STANDARD = f"{CLEANUP},{FUSIONS}"
+# TensorRT has no NonZero: token-routed MoE dispatch becomes dense first (a no-op without one; before
+# cleanup, which then folds and merges its shape bookkeeping: 1916 vs 2225 layers on moe-dit:tiny)
+TRT = f"dense-moe-dispatch,{STANDARD}"
 FP16 = f"{STANDARD},tag-precision{{dtype=fp16}},materialize-precision"
 BF16 = f"{STANDARD},tag-precision{{dtype=bf16}},materialize-precision"
 
@@ -23,7 +26,7 @@ DEFAULT = {
     "tvm-llvm-fp16": FP16,
     "tvm-cuda": STANDARD,
     "tvm-cuda-fp16": FP16,
-    "trt-fp32": STANDARD,
-    "trt-fp16": FP16,
-    "trt-bf16": BF16,
+    "trt-fp32": TRT,
+    "trt-fp16": f"{TRT},tag-precision{{dtype=fp16}},materialize-precision",
+    "trt-bf16": f"{TRT},tag-precision{{dtype=bf16}},materialize-precision",
 }

@@ -101,3 +101,19 @@ def test_zoo_moe_dit_dense_equals_original(name, exporter):
         want, have = ref.run(None, f)[0], got.run(None, f)[0]
         assert np.abs(have - want).max() <= 1e-5 * np.abs(want).max(), (seed, hw)
 
+
+def test_zoo_trt_pipeline_leaves_no_nonzero():
+    """The trt targets' default pipeline makes moe-dit dense (TensorRT's parser has no NonZero), and the
+    fp32 pipeline's graph still equals the original."""
+    from tests.passes.test_moe import assert_same_zoo
+    from vidcc import plugins
+
+    path, feeds = _zoo("moe-dit:tiny", "legacy")
+    for target in ("trt-fp32", "trt-fp16"):
+        t = plugins.registry().targets[target].obj
+        assert t.default_pipeline.startswith("dense-moe-dispatch,")
+        graph = onnx_io.load(path)
+        run_pipeline(graph, t.default_pipeline, PassContext(target=t, calibration=[feeds]))
+        assert "NonZero" not in graph.op_histogram()
+        if target == "trt-fp32":
+            assert_same_zoo(path, graph, feeds, [999, 10])

@@ -60,3 +60,20 @@ def test_parser_refusal_is_one_clear_error(tmp_path):
     t = plugins.registry().targets["trt-fp32"].obj
     with pytest.raises(TargetError, match="trt-fp32: TensorRT's ONNX parser refused the graph"):
         t.build(tmp_path / "m.onnx", tmp_path, BuildContext(feeds={"x": np.zeros(4, np.float32)}))
+
+
+@needs_trt
+def test_token_routed_moe_engine_builds(tmp_path):
+    """moe-dit's sparse expert dispatch (NonZero, which TensorRT's parser refuses) is made dense by the
+    trt pipelines: the tiny model's engine parses and builds (TensorRT-RTX builds on a CPU-only machine)."""
+    zoo = pytest.importorskip("vidcc.zoo")
+    pytest.importorskip("torch")
+    exp = zoo.export("moe-dit:tiny")
+    with np.load(exp.inputs_path) as data:
+        feeds = {k: data[k] for k in data.files}
+    t = plugins.registry().targets["trt-fp16"].obj
+    graph = onnx_io.load(exp.model_path)
+    run_pipeline(graph, t.default_pipeline, PassContext(target=t, calibration=[feeds]))
+    model = onnx_io.save(graph, tmp_path / "model.onnx")
+    entries = t.build(model, tmp_path, BuildContext(feeds=feeds, work_dir=tmp_path))
+    assert entries["layers"] > 100 and (tmp_path / entries["engine"]).stat().st_size == entries["engine_bytes"]
