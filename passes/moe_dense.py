@@ -500,11 +500,12 @@ class _Dispatch:
 
         def step():
             inputs = [self.dense[i] if i in self.kind else i for i in node.inputs]
-            outs = [self._name(node.op_type.lower()) if o else "" for o in node.outputs]
+            outs = [self.g.unique_name(f"{o}_dense") if o else "" for o in node.outputs]
             types = [(self._rows_type(self.g.type_of(o)) if kind[0] == "rows" else self.g.type_of(o)) if o else None
                      for o in node.outputs]
-            self.g.add_node(node.op_type, inputs, outs, name=self.g.unique_node_name(outs[0]), domain=node.domain,
-                            attrs=dict(node.attrs), types=types)
+            # the expert's nodes keep their names (+ "_dense"): explain, profiles and precision maps still read
+            self.g.add_node(node.op_type, inputs, outs, name=self.g.unique_node_name(f"{node.name or outs[0]}_dense"),
+                            domain=node.domain, attrs=dict(node.attrs), types=types)
             for o, new in zip(node.outputs, outs):
                 if o:
                     self.dense[o] = new
