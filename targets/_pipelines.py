@@ -20,7 +20,7 @@ BF16 = f"{STANDARD},tag-precision{{dtype=bf16}},materialize-precision"
 DEFAULT = {
     "ort": f"{CLEANUP},fuse",  # every fusion: the ORT CPU-only ones (unpacking, BiasGelu) pay there
     "ort-cuda": STANDARD,  # channels-last and BiasSplitGelu are measured in fp16 only (`-p temporal-conv-2d{force=true},fuse-bias-split-gelu,layout-nhwc` adds them)
-    "ort-cuda-fp16": f"{STANDARD},temporal-conv-2d{{force=true}},fuse-bias-split-gelu,layout-nhwc,"
+    "ort-cuda-fp16": f"{STANDARD},temporal-conv-2d{{force=true}},fuse-bias-split-gelu,layout-nhwc,fuse-skip-groupnorm,"
                      "tag-precision{dtype=fp16},materialize-precision",
     "tvm-llvm": STANDARD,
     "tvm-llvm-fp16": FP16,

@@ -24,12 +24,12 @@ from ._pipelines import DEFAULT
 MS = "com.microsoft"
 
 # com.microsoft ops that ONNX Runtime 1.31's CPU EP really runs (measured by building and running a
-# one-node model of each). Not on CPU: GroupNorm, BiasAdd, BiasSplitGelu, NhwcConv (CUDA only).
+# one-node model of each). Not on CPU: GroupNorm, SkipGroupNorm, BiasAdd, BiasSplitGelu, NhwcConv (CUDA only).
 CPU_CONTRIB = ("MultiHeadAttention", "Attention", "FusedMatMul", "FusedConv", "FusedGemm", "BiasGelu", "FastGelu",
                "Gelu", "QuickGelu", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
                "RotaryEmbedding", "MatMulNBits", "Inverse")
 # and the CUDA EP's own on top of those
-CUDA_CONTRIB = CPU_CONTRIB + ("GroupNorm", "BiasAdd", "BiasSplitGelu", "NhwcConv", "GroupQueryAttention")
+CUDA_CONTRIB = CPU_CONTRIB + ("GroupNorm", "SkipGroupNorm", "BiasAdd", "BiasSplitGelu", "NhwcConv", "GroupQueryAttention")
 
 
 def _accepted(contrib: tuple[str, ...]) -> dict[str, tuple[str, ...]]:

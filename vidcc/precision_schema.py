@@ -85,17 +85,22 @@ def _map_slots(formals, count: int) -> list:
     return out
 
 
-# Contrib ops whose kernels pin some slots: ORT's CUDA GroupNorm takes fp16 or fp32 x, fp32 gamma/beta only.
+# Contrib ops whose kernels pin some slots: ORT's CUDA GroupNorm takes fp16 or fp32 x, fp32 gamma/beta only;
+# SkipGroupNorm the same, its skip, bias and sum output typed like x (contrib_ops/cuda/diffusion/group_norm.cc).
 _CONTRIB = {("com.microsoft", "GroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)"), ("T",),
                                                    {"T": frozenset({T.FLOAT, T.FLOAT16}),
-                                                    "=tensor(float)": frozenset({T.FLOAT})})}
+                                                    "=tensor(float)": frozenset({T.FLOAT})}),
+            ("com.microsoft", "SkipGroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)", "T", "T"), ("T", "T"),
+                                                       {"T": frozenset({T.FLOAT, T.FLOAT16}),
+                                                        "=tensor(float)": frozenset({T.FLOAT})})}
 
 
 def binding(op: str, domain: str, n_in: int, n_out: int, opsets: dict[str, int]) -> Binding:
     """Type parameters of a node's slots. Without a schema (contrib ops), every slot shares one
     parameter 'T' of unknown allowed types: the common case of ops that compute in one float type."""
-    if (domain, op) in _CONTRIB:
-        return _CONTRIB[(domain, op)]
+    if (domain, op) in _CONTRIB:  # optional trailing slots (SkipGroupNorm's bias, sum) may be absent
+        b = _CONTRIB[(domain, op)]
+        return Binding(b.inputs[:n_in], b.outputs[:n_out], b.allowed)
     schema = schema_of(op, domain, opsets)
     if schema is None:
         return Binding(("T",) * n_in, ("T",) * n_out, {"T": ANY})

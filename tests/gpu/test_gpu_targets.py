@@ -101,3 +101,40 @@ def test_geglu_runs_as_bias_split_gelu(tmp_path, target):
     result = compile_model(str(path), target, use_cache=False)
     assert next(r.stats for r in result.pass_log if r.name == "fuse-bias-split-gelu")["BiasSplitGelu"] == "1/1"
     assert result.verdict.passed and min(m.cosine for m in result.metrics.values()) >= 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bias", [False, True])
+def test_resblock_adds_run_as_skip_groupnorm(tmp_path, bias):
+    """ORT's CUDA SkipGroupNorm as fuse-skip-groupnorm emits it: the time embedding as an (N, C) skip,
+    the residual as a full skip with the sum output for its other reader, a conv bias as the kernel's
+    bias; against ORT CPU on the original graph."""
+    import onnx
+
+    from tests.passes.test_ort_cuda_forms import skip_resblock
+
+    entry = plugins.registry().targets["ort-cuda-fp16"]
+    why = entry.obj.available()
+    if not why:
+        pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
+    path = tmp_path / "resblock.onnx"
+    onnx.save(skip_resblock(C=64, G=32, N=4, H=16, W=16, bias=bias), path)
+    result = compile_model(str(path), "ort-cuda-fp16", use_cache=False)
+    stats = next(r.stats for r in result.pass_log if r.name == "fuse-skip-groupnorm")
+    assert stats["SkipGroupNorm"] == "2/2" and stats["SkipGroupNorm with bias"] == int(bias)
+    assert result.verdict.passed and min(m.cosine for m in result.metrics.values()) >= 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["svd-unet:small", "animatediff-unet:small"])
+def test_ort_cuda_fp16_runs_unet_adds_in_skip_groupnorm(model):
+    """The UNets' time-embedding and residual Adds run inside SkipGroupNorm (SVD's per-frame temporal
+    embeddings are refused: the kernel broadcasts a skip over H, W only), within the fp16 gate."""
+    entry = plugins.registry().targets["ort-cuda-fp16"]
+    why = entry.obj.available()
+    if not why:
+        pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
+    result = compile_model(model, "ort-cuda-fp16", static_shapes=True, use_cache=False)
+    stats = next(r.stats for r in result.pass_log if r.name == "fuse-skip-groupnorm")
+    assert int(stats["SkipGroupNorm"].split("/")[0]) > 0
+    assert result.verdict.passed and min(m.cosine for m in result.metrics.values()) >= 0.999

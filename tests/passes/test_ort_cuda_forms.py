@@ -1,7 +1,7 @@
 """The forms vidcc emits for ORT's CUDA EP: layout-nhwc (convolutions and GroupNorms channels-last),
-fuse-bias-split-gelu (GEGLU in one kernel).
+fuse-skip-groupnorm (the Add before a GroupNorm in its kernel), fuse-bias-split-gelu (GEGLU in one kernel).
 
-The CUDA-only ops (com.microsoft NhwcConv, GroupNorm, QuickGelu, BiasSplitGelu) are checked on the CPU
+The CUDA-only ops (com.microsoft NhwcConv, GroupNorm, SkipGroupNorm, QuickGelu, BiasSplitGelu) are checked on the CPU
 with onnx's reference evaluator and small implementations of them here (NhwcConv through ORT CPU's
 Conv); on the GPU, tests/gpu runs the ort-cuda targets on zoo models against the fp32 reference."""
 
@@ -53,6 +53,21 @@ class GroupNorm(OpRun):
         return ((y / (1 + np.exp(-y)) if a["activation"] else y).astype(x.dtype),)
 
 
+class SkipGroupNorm(OpRun):
+    """s = x + skip [+ bias], y = GroupNorm(s); skip (N, H, W, C), (N, 1, 1, C) or (N, C), as ORT's CUDA kernel checks."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, x, gamma, beta, skip, bias=None, **_):
+        n, c = x.shape[0], x.shape[3]
+        assert skip.shape in (x.shape, (n, 1, 1, c), (n, c)), f"skip {skip.shape} for x {x.shape}"
+        assert bias is None or bias.shape == (c,), bias.shape
+        s = x + skip.reshape(n, 1, 1, c) if skip.ndim == 2 else x + skip
+        s = (s + bias if bias is not None else s).astype(x.dtype)
+        (y,) = GroupNorm._run(self, s, gamma, beta)
+        return (y, s) if len(self.onnx_node.output) > 1 else (y,)
+
+
 class QuickGelu(OpRun):
     op_domain = "com.microsoft"
 
@@ -90,7 +105,8 @@ class MultiHeadAttention(OpRun):
 
 def run_reference(graph, feeds):
     proto = onnx_io.to_proto(graph)
-    ref = ReferenceEvaluator(proto, new_ops=[NhwcConv, GroupNorm, QuickGelu, BiasSplitGelu, MultiHeadAttention])
+    ref = ReferenceEvaluator(proto, new_ops=[NhwcConv, GroupNorm, SkipGroupNorm, QuickGelu, BiasSplitGelu,
+                                                     MultiHeadAttention])
     return dict(zip([o.name for o in proto.graph.output], ref.run(None, feeds)))
 
 
@@ -166,6 +182,150 @@ def test_targets_without_nhwc_kernels_are_left_alone():
     assert "skipped" in log["layout-nhwc"].stats and "NhwcConv" not in graph.op_histogram()
 
 
+def skip_resblock(C=8, G=2, N=3, H=4, W=5, bias=False) -> onnx.ModelProto:
+    """diffusers' ResnetBlock2D with a time embedding, then the next block's GroupNorm on the residual:
+    h = conv1(SiLU(GN1(x))) + proj(temb)[:, :, None, None]; res = x + conv2(SiLU(GN2(h))) [+ b2 as its own
+    Add, `bias`]; out = conv3(SiLU(GN3(res))) + res (the residual's second reader)."""
+    mk = helper.make_node
+    n1, i1 = _groupnorm("x", "h0", C, G, [N, C, H, W], "gn1")
+    n2, i2 = _groupnorm("h2", "h3", C, G, [N, C, H, W], "gn2")
+    n3, i3 = _groupnorm("res", "g3", C, G, [N, C, H, W], "gn3")
+    conv2 = [mk("Conv", ["h3", "w2"], ["h4c"]), mk("Add", ["h4c", "b2"], ["h4"])] if bias else \
+        [mk("Conv", ["h3", "w2", "b2"], ["h4"])]
+    nodes = [*n1, mk("Conv", ["h0", "w1", "b1"], ["h1"], pads=[1, 1, 1, 1]),
+             mk("Gemm", ["temb", "wt", "bt"], ["e"]), mk("Unsqueeze", ["e", "hw_axes"], ["e4"]),
+             mk("Add", ["h1", "e4"], ["h2"]), *n2, *conv2, mk("Add", ["x", "h4"], ["res"]), *n3,
+             mk("Conv", ["g3", "w3"], ["y3"], pads=[1, 1, 1, 1]), mk("Add", ["y3", "res"], ["out"])]
+    inits = [init("w1", rand(C, C, 3, 3, seed=3) * 0.3), init("b1", rand(C, seed=4)), init("wt", rand(6, C, seed=5)),
+             init("bt", rand(C, seed=6)), init("hw_axes", np.array([2, 3], np.int64)),
+             init("w2", rand(C, C, 1, 1, seed=7)), init("b2", rand(C, 1, 1, seed=8) if bias else rand(C, seed=8)),
+             init("w3", rand(C, C, 3, 3, seed=9) * 0.3), *i1, *i2, *i3]
+    return make_model(nodes, [V("x", T.FLOAT, [N, C, H, W]), V("temb", T.FLOAT, [N, 6])],
+                      [V("out", T.FLOAT, [N, C, H, W])], inits, opset=17)
+
+
+def _skip_compile(model, target_name="ort-cuda", extra=""):
+    graph = onnx_io.from_proto(model)
+    ctx = PassContext(target=plugins.registry().targets[target_name].obj, verify_each=True)
+    run_pipeline(graph, f"fuse-silu,temporal-conv-2d{{force=true}},layout-nhwc,fuse-skip-groupnorm,dce{extra}", ctx)
+    verify(graph)
+    return graph, {r.name: r for r in ctx.log}
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_resblock_adds_fold_into_skip_groupnorm(bias):
+    """The time-embedding Add becomes SkipGroupNorm's (N, C) skip; the residual Add a full skip whose sum
+    output serves the residual's other reader; a conv bias written as its own Add becomes the kernel's
+    bias. Evaluated on the CPU, the result equals the original on ORT CPU."""
+    model = skip_resblock(bias=bias)
+    graph, log = _skip_compile(model)
+    stats = log["fuse-skip-groupnorm"].stats
+    assert stats["SkipGroupNorm"] == "2/2" and stats["SkipGroupNorm with sum output"] == 1
+    assert stats["SkipGroupNorm with bias"] == int(bias)
+    sgn = graph.nodes_by_op("SkipGroupNorm")
+    assert len(sgn) == 2 and all(n.attr("activation") == 1 and n.attr("channels_last") == 1 for n in sgn)
+    temb = next(n for n in sgn if len(graph.type_of(n.inputs[3]).shape) == 2)
+    assert graph.type_of(temb.inputs[3]).shape == (3, 8)  # (N, C), broadcast over H, W by the kernel
+    residual = next(n for n in sgn if n is not temb)
+    assert len(residual.outputs) == 2 and graph.type_of(residual.inputs[3]).shape == (3, 4, 5, 8)
+    assert len(residual.inputs) == (5 if bias else 4)
+    assert graph.op_histogram()["GroupNorm"] == 1 and graph.op_histogram()["Add"] == 1  # the final y3 + res
+    feeds = {"x": rand(3, 8, 4, 5, seed=10), "temb": rand(3, 6, seed=11)}
+    assert_close(run_ort(model, feeds), run_reference(graph, feeds))
+
+
+def temporal_block(C=8, G=2, F=3, H=4, W=5, blend=False) -> onnx.ModelProto:
+    """SVD's temporal ResBlock over [1, C, F, H, W]: conv (3,1,1) + a per-frame embedding [1, C, F, 1, 1],
+    then the 5-D GroupNorm; `blend`: instead the AlphaBlender's a*x + b*y of two 5-D tensors read by the
+    next (spatial, 4-D) GroupNorm through the [F, C, H, W] view, which its block's residual Add reads too."""
+    mk = helper.make_node
+    if blend:
+        n, i = _groupnorm("v4", "g", C, G, [F, C, H, W], "gn")
+        nodes = [mk("Conv", ["x", "w"], ["cx"], pads=[1, 0, 0, 1, 0, 0]), mk("Mul", ["cx", "alpha"], ["ax"]),
+                 mk("Mul", ["x", "beta_"], ["by"]), mk("Add", ["ax", "by"], ["mix"]),
+                 mk("Transpose", ["mix"], ["tf"], perm=[0, 2, 1, 3, 4]), mk("Reshape", ["tf", "as4d"], ["v4"]), *n,
+                 mk("Add", ["g", "v4"], ["r4"]), mk("Reshape", ["r4", "as5d"], ["g5"]),
+                 mk("Transpose", ["g5"], ["y"], perm=[0, 2, 1, 3, 4])]
+        inits = [init("alpha", rand(1, 1, F, 1, 1, seed=2)), init("beta_", rand(1, 1, F, 1, 1, seed=3)),
+                 init("as4d", np.array([F, C, H, W], np.int64)), init("as5d", np.array([1, F, C, H, W], np.int64))]
+        inputs = [V("x", T.FLOAT, [1, C, F, H, W])]
+    else:
+        n, i = _groupnorm("h", "y", C, G, [1, C, F, H, W], "gn")
+        nodes = [mk("Conv", ["x", "w"], ["cx"], pads=[1, 0, 0, 1, 0, 0]), mk("Add", ["cx", "emb"], ["h"]), *n]
+        inits = []
+        inputs = [V("x", T.FLOAT, [1, C, F, H, W]), V("emb", T.FLOAT, [1, C, F, 1, 1])]
+    inits += [init("w", rand(C, C, 3, 1, 1, seed=1) * 0.3), *i]
+    return make_model(nodes, inputs, [V("y", T.FLOAT, [1, C, F, H, W])], inits, opset=17)
+
+
+@pytest.mark.parametrize("blend,reason", [
+    (False, "varies along axis 1 of the norm's input [1, 3, 20, 8]"),  # the per-frame embedding
+    (True, "3 full-size Transposes into and out of the kernel's layout where the unfused form has 2")])
+def test_adds_the_kernel_cannot_take_are_left_with_the_reason(blend, reason):
+    model = temporal_block(blend=blend)
+    graph, log = _skip_compile(model)
+    result = log["fuse-skip-groupnorm"]
+    assert result.stats["SkipGroupNorm"] == "0/1" and "SkipGroupNorm" not in graph.op_histogram()
+    (refusal,) = [d for d in result.details if d["kind"] == "refused"]
+    assert reason in refusal["reason"], refusal["reason"]
+    feeds = {k: rand(*s, seed=5) for k, s in
+             {"x": (1, 8, 3, 4, 5), **({} if blend else {"emb": (1, 8, 3, 1, 1)})}.items()}
+    assert_close(run_ort(model, feeds), run_reference(graph, feeds))
+
+
+@pytest.mark.parametrize("xs,es,move,ops", [
+    ((2, 3, 8, 4, 5), (2, 1, 8, 1, 1), "Reshape", ["Expand"]),  # one embedding per video, norm over [B*F, C, H, W]
+    ((8, 3, 4, 5), (8, 3, 1, 1), "Transpose", ["Transpose"])])  # [C, N, H, W] turned NCHW: N and C swap in memory
+def test_broadcast_skips_become_n_by_c(xs, es, move, ops):
+    """A broadcast Add input that varies along the norm's N and C only becomes the (N, C) skip, whatever
+    data movement lies between the Add and the norm."""
+    mk = helper.make_node
+    C = 8
+    shape4 = [6, C, 4, 5] if move == "Reshape" else [3, C, 4, 5]
+    n, i = _groupnorm("v", "y", C, 2, shape4, "gn")
+    step = mk("Reshape", ["s", "as4d"], ["v"]) if move == "Reshape" else \
+        mk("Transpose", ["s"], ["v"], perm=[1, 0, 2, 3])
+    model = make_model([mk("Add", ["x", "emb"], ["s"]), step, *n], [V("x", T.FLOAT, xs), V("emb", T.FLOAT, es)],
+                       [V("y", T.FLOAT, shape4)], [init("as4d", np.array(shape4, np.int64)), *i], opset=17)
+    graph, log = _skip_compile(model)
+    assert log["fuse-skip-groupnorm"].stats["SkipGroupNorm"] == "1/1", log["fuse-skip-groupnorm"].details
+    (sgn,) = graph.nodes_by_op("SkipGroupNorm")
+    assert graph.type_of(sgn.inputs[3]).shape == (shape4[0], C)
+    path, t = [], sgn.inputs[3]
+    while t != "emb":
+        path.append(graph.producer(t).op_type)
+        t = graph.producer(t).inputs[0]
+    assert set(ops) <= set(path), path
+    feeds = {"x": rand(*xs, seed=1), "emb": rand(*es, seed=2)}
+    assert_close(run_ort(model, feeds), run_reference(graph, feeds))
+
+
+def test_skip_groupnorm_needs_static_shapes_and_a_cuda_target():
+    model = skip_resblock()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    model.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "N"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    for name in ("gn1_shape", "gn2_shape", "gn3_shape"):  # the GroupNorms' reshapes back: any batch
+        tensor = next(t for t in model.graph.initializer if t.name == name)
+        tensor.CopyFrom(init(name, np.array([0, 8, 4, 5], np.int64)))
+    graph, log = _skip_compile(model)
+    result = log["fuse-skip-groupnorm"]
+    assert result.stats["SkipGroupNorm"] == "0/2"
+    assert all("not static" in d["reason"] for d in result.details if d["kind"] == "refused")
+    graph, log = _skip_compile(skip_resblock(), "ort")
+    assert "skipped" in log["fuse-skip-groupnorm"].stats["SkipGroupNorm"]
+
+
+def test_skip_groupnorm_is_typed_for_the_fp16_kernel():
+    """gamma and beta stay fp32 (the kernel reads them as float), x, skip, bias and both outputs fp16."""
+    graph, _ = _skip_compile(skip_resblock(bias=True), "ort-cuda-fp16",
+                             ",tag-precision{dtype=fp16,calibrate=false},materialize-precision")
+    for node in graph.nodes_by_op("SkipGroupNorm"):
+        dtypes = [graph.type_of(t).dtype for t in node.inputs]
+        assert dtypes[1:3] == [T.FLOAT, T.FLOAT] and {dtypes[0], *dtypes[3:]} == {T.FLOAT16}, dtypes
+        assert {graph.type_of(t).dtype for t in node.outputs} == {T.FLOAT16}
+
+
 def geglu(width: int) -> onnx.ModelProto:
     """diffusers' GEGLU as the legacy exporter writes it: MatMul -> Add(bias) -> two Slices -> h1 * Gelu(h2)."""
     half = width // 2
@@ -201,12 +361,14 @@ def test_geglu_of_a_width_the_kernel_lacks_is_left_with_the_reason():
     assert "skipped" in ctx.log[-1].stats["BiasSplitGelu"]
 
 
-@pytest.mark.parametrize("model,groupnorms", [("svd-unet:tiny", "20/37"), ("animatediff-unet:tiny", "14/28")])
-def test_unets_through_the_ort_cuda_fp16_passes_match_the_original(model, groupnorms):
+@pytest.mark.parametrize("model,groupnorms,skips", [("svd-unet:tiny", "20/37", "11/18"),
+                                                    ("animatediff-unet:tiny", "14/28", "12/12")])
+def test_unets_through_the_ort_cuda_fp16_passes_match_the_original(model, groupnorms, skips):
     """ort-cuda-fp16's graph-shaping passes (its pipeline up to the precision passes, so the check is
     exact) on the tiny UNets, shapes bound as --static-shapes does: every conv channels-last, the
-    GroupNorms the kernel takes (the rest have one channel per group) fused with their SiLUs; the result
-    evaluated on the CPU equals the original graph on ORT CPU."""
+    GroupNorms the kernel takes (the rest have one channel per group) fused with their SiLUs, the Adds
+    before them folded into SkipGroupNorms where the kernel takes them (SVD's temporal ResBlocks add a
+    per-frame embedding: refused); the result evaluated on the CPU equals the original graph on ORT CPU."""
     pytest.importorskip("diffusers")
     from vidcc import zoo
 
@@ -221,4 +383,5 @@ def test_unets_through_the_ort_cuda_fp16_passes_match_the_original(model, groupn
     stats = {r.name: r.stats for r in ctx.log}["layout-nhwc"]
     done, total = map(int, stats["NhwcConv"].split("/"))
     assert done == total > 0 and "Conv" not in graph.op_histogram() and stats["GroupNorm"] == groupnorms
+    assert {r.name: r.stats for r in ctx.log}["fuse-skip-groupnorm"]["SkipGroupNorm"] == skips
     assert_close(run_ort(exp.model_path, feeds), run_reference(graph, {k: v for k, v in feeds.items() if k in graph.inputs}))
