@@ -117,3 +117,17 @@ def test_zoo_trt_pipeline_leaves_no_nonzero():
         assert "NonZero" not in graph.op_histogram()
         if target == "trt-fp32":
             assert_same_zoo(path, graph, feeds, [999, 10])
+
+
+def test_zoo_after_precompute_routers_only_the_picked_experts_go_dense():
+    """Under a timestep binding precompute-routers leaves top_k experts per layer with a constant
+    `chosen`: the dense form of those costs nothing extra and still equals the original."""
+    from tests.passes.test_moe import assert_same_zoo
+    from vidcc.passes import moe
+
+    path, feeds = _zoo("moe-dit-trouter:tiny", "dynamo")
+    graph = moe.specializations(onnx_io.load(path), {"timestep": [999]}, {k: v.shape for k, v in feeds.items()})[0].graph
+    assert len(graph.nodes_by_op("NonZero")) == 2 * 2  # 2 layers x top-2
+    rec = run_pipeline(graph, "dense-moe-dispatch").log[-1]
+    assert rec.stats["dispatches"] == "4/4" and "NonZero" not in graph.op_histogram()
+    assert_same_zoo(path, graph, feeds, [999])
