@@ -93,6 +93,14 @@ _CONTRIB = {("com.microsoft", "GroupNorm"): Binding(("T", "=tensor(float)", "=te
             ("com.microsoft", "SkipGroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)", "T", "T"), ("T", "T"),
                                                        {"T": frozenset({T.FLOAT, T.FLOAT16}),
                                                         "=tensor(float)": frozenset({T.FLOAT})})}
+# SkipLayerNormalization: input, skip, gamma, beta, bias and the sum output all of the input's type, float or float16
+# (ORT's CUDA kernel registers those two, contrib_ops/cuda/bert/skip_layer_norm.cc), Mean/InvStdDev float; BiasAdd:
+# input, bias, skip and output of one type, float or float16 (contrib_ops/cuda/diffusion/bias_add.cc).
+_CONTRIB.update({
+    ("com.microsoft", "SkipLayerNormalization"): Binding(("T",) * 5, ("T", "=tensor(float)", "=tensor(float)", "T"),
+                                                         {"T": frozenset({T.FLOAT, T.FLOAT16}),
+                                                          "=tensor(float)": frozenset({T.FLOAT})}),
+    ("com.microsoft", "BiasAdd"): Binding(("T",) * 3, ("T",), {"T": frozenset({T.FLOAT, T.FLOAT16})})})
 
 
 def binding(op: str, domain: str, n_in: int, n_out: int, opsets: dict[str, int]) -> Binding:

@@ -1,9 +1,10 @@
 """The forms vidcc emits for ORT's CUDA EP: layout-nhwc (convolutions and GroupNorms channels-last),
-fuse-skip-groupnorm (the Add before a GroupNorm in its kernel), fuse-bias-split-gelu (GEGLU in one kernel).
+fuse-skip-groupnorm (the Add before a GroupNorm in its kernel), fuse-bias-split-gelu (GEGLU in one kernel);
+fuse-skip-bias's SkipLayerNormalization and BiasAdd (tested in test_fusion_skip.py) run through the same helpers.
 
-The CUDA-only ops (com.microsoft NhwcConv, GroupNorm, SkipGroupNorm, QuickGelu, BiasSplitGelu) are checked on the CPU
-with onnx's reference evaluator and small implementations of them here (NhwcConv through ORT CPU's
-Conv); on the GPU, tests/gpu runs the ort-cuda targets on zoo models against the fp32 reference."""
+The CUDA-only ops (com.microsoft NhwcConv, GroupNorm, SkipGroupNorm, QuickGelu, BiasSplitGelu, BiasAdd) are checked
+on the CPU with onnx's reference evaluator and small implementations of them here (NhwcConv and SkipLayerNormalization
+through ORT CPU's kernels); on the GPU, tests/gpu runs the ort-cuda targets on zoo models against the fp32 reference."""
 
 from __future__ import annotations
 
@@ -103,10 +104,45 @@ class MultiHeadAttention(OpRun):
         return (out.transpose(0, 2, 1, 3).reshape(q.shape[0], q.shape[1], -1).astype(q.dtype),)
 
 
+class SkipLayerNormalization(OpRun):
+    """ORT CPU's own kernel (one-node model); the shapes asserted as ORT's CUDA kernel in strict mode takes them:
+    a 2-D or 3-D input, the skip of its shape, gamma/beta/bias [C] (contrib_ops/cpu/skip_layer_norm_helper.h)."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, x, skip, gamma, beta=None, bias=None, **_):
+        c = x.shape[-1]
+        assert x.ndim in (2, 3) and skip.shape == x.shape, (x.shape, skip.shape)
+        assert all(p is None or p.shape == (c,) for p in (gamma, beta, bias)), "gamma/beta/bias not [C]"
+        names = [n for n, v in zip(self.onnx_node.input, (x, skip, gamma, beta, bias)) if n and v is not None]
+        feeds = dict(zip(names, [v for v in (x, skip, gamma, beta, bias) if v is not None]))
+        node = helper.make_node("SkipLayerNormalization", list(self.onnx_node.input), ["y", "", "", "s"],
+                                domain="com.microsoft", **_attrs(self.onnx_node))
+        dtype = helper.np_dtype_to_tensor_dtype(x.dtype)
+        model = make_model([node], [V(n, dtype, v.shape) for n, v in feeds.items()],
+                           [V("y", dtype, None), V("s", dtype, None)])
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        out = run_ort(model, feeds)
+        unused = np.empty(0, np.float32)  # Mean, InvStdDev: the CUDA kernel does not write them
+        return (out["y"], unused, unused, out["s"])[:len(self.onnx_node.output)]
+
+
+class BiasAdd(OpRun):
+    """x + bias + skip, as ORT's CUDA kernel takes them: [N, S, C] with C 320, 640 or 1280, bias [C], skip of x's
+    shape (contrib_ops/cuda/diffusion/bias_add.cc)."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, x, bias, skip, **_):
+        assert x.ndim == 3 and x.shape[2] in (320, 640, 1280) and bias.shape == (x.shape[2],), (x.shape, bias.shape)
+        assert skip.shape == x.shape, (x.shape, skip.shape)
+        return ((x + bias + skip).astype(x.dtype),)
+
+
 def run_reference(graph, feeds):
     proto = onnx_io.to_proto(graph)
     ref = ReferenceEvaluator(proto, new_ops=[NhwcConv, GroupNorm, SkipGroupNorm, QuickGelu, BiasSplitGelu,
-                                                     MultiHeadAttention])
+                                                     MultiHeadAttention, SkipLayerNormalization, BiasAdd])
     return dict(zip([o.name for o in proto.graph.output], ref.run(None, feeds)))
 
 
