@@ -76,9 +76,13 @@ class OrtTarget(Target):
             # The CUDA EP computes fp32 MatMul/Conv in TF32 by default (measured: rel error 1e-3 on an H100);
             # an fp32 target must compute in fp32. cuDNN's heuristic conv algorithm beat the exhaustive
             # search on svd-unet:small (35.8 vs 42.8 ms, H100); arena growth by request, not powers of two.
+            # SkipLayerNormalization keeps its statistics in fp32 only in strict mode (else in the input's
+            # type: contrib_ops/cuda/bert/skip_layer_norm.cc), as vidcc's precision policy wants of norms.
             settings["cuda_options"] = {"use_tf32": "1" if self.options.get("tf32") else "0",
                                         "cudnn_conv_algo_search": self.options.get("conv_algo_search", "HEURISTIC"),
-                                        "arena_extend_strategy": "kSameAsRequested"}
+                                        "arena_extend_strategy": "kSameAsRequested",
+                                        "enable_skip_layer_norm_strict_mode":
+                                            "1" if self.options.get("skip_layer_norm_strict", True) else "0"}
         return settings
 
     def build(self, model_path: Path, out_dir: Path, ctx: BuildContext) -> dict[str, Any]:
