@@ -21,7 +21,7 @@ DEFAULT = {
     "ort": f"{CLEANUP},fuse",  # every fusion: the ORT CPU-only ones (unpacking, BiasGelu) pay there
     "ort-cuda": STANDARD,  # channels-last and BiasSplitGelu are measured in fp16 only (`-p temporal-conv-2d{force=true},fuse-bias-split-gelu,layout-nhwc` adds them)
     "ort-cuda-fp16": f"{STANDARD},temporal-conv-2d{{force=true}},fuse-bias-split-gelu,layout-nhwc,fuse-skip-groupnorm,"
-                     "tag-precision{dtype=fp16},materialize-precision",
+                     "fuse-skip-bias,tag-precision{dtype=fp16},materialize-precision",
     "tvm-llvm": STANDARD,
     "tvm-llvm-fp16": FP16,
     "tvm-cuda": STANDARD,

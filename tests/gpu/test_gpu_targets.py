@@ -138,3 +138,42 @@ def test_ort_cuda_fp16_runs_unet_adds_in_skip_groupnorm(model):
     stats = next(r.stats for r in result.pass_log if r.name == "fuse-skip-groupnorm")
     assert int(stats["SkipGroupNorm"].split("/")[0]) > 0
     assert result.verdict.passed and min(m.cosine for m in result.metrics.values()) >= 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("one_key", [True, False])
+def test_transformer_block_runs_as_skip_layernorm_and_bias_add(tmp_path, one_key):
+    """ORT's CUDA SkipLayerNormalization (strict mode: fp32 statistics) and BiasAdd as fuse-skip-bias emits
+    them at 320 channels (BiasAdd's only widths are SD's, so no tiny zoo model reaches it): SVD's block with
+    the cross-attention over one token added into the skip, AnimateDiff's with two fused norms; against ORT
+    CPU on the original graph."""
+    import onnx
+
+    from tests.passes.test_fusion_skip import transformer_block
+
+    entry = plugins.registry().targets["ort-cuda-fp16"]
+    why = entry.obj.available()
+    if not why:
+        pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
+    path = tmp_path / "block.onnx"
+    onnx.save(transformer_block(C=320, B=4, S=256, one_key=one_key), path)
+    result = compile_model(str(path), "ort-cuda-fp16", use_cache=False)
+    stats = next(r.stats for r in result.pass_log if r.name == "fuse-skip-bias")
+    assert stats["SkipLayerNorm"] == ("1/2" if one_key else "2/3") and stats["BiasAdd"] == "1/1"
+    assert result.manifest["build"]["settings"]["cuda_options"]["enable_skip_layer_norm_strict_mode"] == "1"
+    assert result.verdict.passed and min(m.cosine for m in result.metrics.values()) >= 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["svd-unet:small", "animatediff-unet:small"])
+def test_ort_cuda_fp16_runs_transformer_residuals_in_skip_layernorm(model):
+    """The transformer blocks' residual Adds and projection biases run inside SkipLayerNormalization (BiasAdd
+    is refused at the small UNets' widths), within the fp16 gate."""
+    entry = plugins.registry().targets["ort-cuda-fp16"]
+    why = entry.obj.available()
+    if not why:
+        pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
+    result = compile_model(model, "ort-cuda-fp16", static_shapes=True, use_cache=False)
+    stats = next(r.stats for r in result.pass_log if r.name == "fuse-skip-bias")
+    assert int(stats["SkipLayerNorm"].split("/")[0]) > 0
+    assert result.verdict.passed and min(m.cosine for m in result.metrics.values()) >= 0.999

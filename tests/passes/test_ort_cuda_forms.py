@@ -397,14 +397,16 @@ def test_geglu_of_a_width_the_kernel_lacks_is_left_with_the_reason():
     assert "skipped" in ctx.log[-1].stats["BiasSplitGelu"]
 
 
-@pytest.mark.parametrize("model,groupnorms,skips", [("svd-unet:tiny", "20/37", "11/18"),
-                                                    ("animatediff-unet:tiny", "14/28", "12/12")])
-def test_unets_through_the_ort_cuda_fp16_passes_match_the_original(model, groupnorms, skips):
+@pytest.mark.parametrize("model,groupnorms,skips,skip_lns", [("svd-unet:tiny", "20/37", "11/18", "12/16"),
+                                                             ("animatediff-unet:tiny", "14/28", "12/12", "22/29")])
+def test_unets_through_the_ort_cuda_fp16_passes_match_the_original(model, groupnorms, skips, skip_lns):
     """ort-cuda-fp16's graph-shaping passes (its pipeline up to the precision passes, so the check is
     exact) on the tiny UNets, shapes bound as --static-shapes does: every conv channels-last, the
     GroupNorms the kernel takes (the rest have one channel per group) fused with their SiLUs, the Adds
     before them folded into SkipGroupNorms where the kernel takes them (SVD's temporal ResBlocks add a
-    per-frame embedding: refused); the result evaluated on the CPU equals the original graph on ORT CPU."""
+    per-frame embedding: refused), the transformer blocks' residual Adds and projection biases folded into
+    SkipLayerNormalizations (each norm1 reads proj_in(x) + bias, no residual: refused; BiasAdd refused at these
+    widths); the result evaluated on the CPU equals the original graph on ORT CPU."""
     pytest.importorskip("diffusers")
     from vidcc import zoo
 
@@ -420,4 +422,6 @@ def test_unets_through_the_ort_cuda_fp16_passes_match_the_original(model, groupn
     done, total = map(int, stats["NhwcConv"].split("/"))
     assert done == total > 0 and "Conv" not in graph.op_histogram() and stats["GroupNorm"] == groupnorms
     assert {r.name: r.stats for r in ctx.log}["fuse-skip-groupnorm"]["SkipGroupNorm"] == skips
+    skip_bias = {r.name: r.stats for r in ctx.log}["fuse-skip-bias"]
+    assert skip_bias["SkipLayerNorm"] == skip_lns and skip_bias["BiasAdd"].startswith("0/")
     assert_close(run_ort(exp.model_path, feeds), run_reference(graph, {k: v for k, v in feeds.items() if k in graph.inputs}))
