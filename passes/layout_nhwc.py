@@ -148,8 +148,11 @@ def _convs_to_nhwc(g: Graph) -> tuple[dict, list[dict]]:
             continue
         x = _transpose(g, conv.inputs[0], TO_NHWC, conv, "to_nhwc")
         weight = g.add_constant(np.ascontiguousarray(w.transpose(TO_NHWC)), f"{conv.name or 'conv'}.weight_nhwc")
+        # kernel_shape always: without it ORT's NhwcConv shape inference reads the kernel from the weight's
+        # NCHW axes and infers a negative width (a hand-built Conv without the attribute failed on the GPU)
+        attrs = {"kernel_shape": [int(d) for d in w.shape[2:]], **conv.attrs}
         node = emit(g, "NhwcConv", [x, weight, *conv.inputs[2:]], like=conv, domain=MS, suffix="NhwcConv",
-                    attrs=dict(conv.attrs), types=[_permuted(g.type_of(conv.outputs[0]), TO_NHWC)])
+                    attrs=attrs, types=[_permuted(g.type_of(conv.outputs[0]), TO_NHWC)])
         ensure_opset(g, MS, 1)
         g.replace_all_uses(conv.outputs[0], _transpose(g, node.outputs[0], TO_NCHW, conv, "to_nchw"))
         remove_dead(g, [conv])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto as T
 from onnx import helper
@@ -200,6 +201,11 @@ def test_resblock_runs_channels_last_with_silu_in_the_groupnorm():
     (after,) = graph.consumer_nodes(gn5[0].outputs[0])
     assert after.op_type == "NhwcConv"
     assert_close(run_ort(model, feeds), run_reference(graph, feeds))
+    # ORT's NhwcConv shape inference needs kernel_shape (the Convs here have none): without it, session
+    # creation fails on an inferred negative width before reaching the missing CPU kernel
+    assert all(n.attr("kernel_shape") is not None for n in graph.nodes_by_op("NhwcConv"))
+    with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
+        ort.InferenceSession(onnx_io.to_proto(graph).SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def test_groupnorm_the_cuda_kernel_cannot_run_is_left_in_nchw():
