@@ -52,7 +52,7 @@ def trt_builds(args) -> None:
     for name in args.models.split(","):
         spec = f"{name}:{args.size}"
         try:
-            exp = zoo.export(spec)
+            exp = zoo.export(spec, static=zoo.parse_static(args.static) or None)
         except Exception as exc:  # e.g. an exporter this machine's torch lacks
             rows.append({"model": spec, "ok": False, "error": f"export: {str(exc).splitlines()[0][:300]}"})
             print(rows[-1], flush=True)
@@ -83,7 +83,8 @@ def trt_builds(args) -> None:
                 row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             rows.append(row)
             print(row, flush=True)
-    _save(args.name or f"gpu-trt-builds-{args.size}", {"size": args.size, "rows": rows, "device": _device()}, args.out_dir)
+    _save(args.name or f"gpu-trt-builds-{args.size}", {"size": args.size, "static_export": zoo.parse_static(args.static) or None, "rows": rows,
+                                                             "device": _device()}, args.out_dir)
 
 
 def _device() -> str:
@@ -428,6 +429,8 @@ def main() -> int:
     a.add_argument("--size", default="small")
     a.add_argument("--targets", default="trt-fp16,trt-bf16")
     a.add_argument("--work", default="/tmp/vidcc-trt")
+    a.add_argument("--static", metavar="DIM=N,...", help="export with these latent dims static, as `vidcc zoo export "
+                   "--static` (e.g. frames=5,height=60,width=104: a torch that exports Wan only with static dims)")
     a.add_argument("--name", help="result name (default gpu-trt-builds-SIZE)")
     a.add_argument("--out-dir")
     a.set_defaults(func=trt_builds)
