@@ -18,16 +18,21 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDCC_CACHE_DIR", str(tmp_path / "cache"))
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("target", GPU_TARGETS)
-def test_gpu_target_matches_reference(target, model):
+def _require(target: str) -> None:
+    """Skip unless `target` is registered and can run here."""
     entry = plugins.registry().targets.get(target)
     if entry is None:
         pytest.skip(f"{target} is not registered")
     why = entry.obj.available()
     if not why:
         pytest.skip(f"{target} unavailable: {why.reason}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("target", GPU_TARGETS)
+def test_gpu_target_matches_reference(target, model):
+    _require(target)
     try:
         result = compile_model(model, target, use_cache=False)
     except VidccError as exc:
@@ -52,10 +57,7 @@ def test_static_shapes_replay_one_cuda_graph_with_new_inputs():
     from vidcc import zoo
     from vidcc.verification import reference_outputs
 
-    entry = plugins.registry().targets["ort-cuda-fp16"]
-    why = entry.obj.available()
-    if not why:
-        pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
+    _require("ort-cuda-fp16")
     result = compile_model("svd-unet:tiny", "ort-cuda-fp16", static_shapes=True, use_cache=False)
     assert result.manifest["build"]["cuda_graph"] is True and result.verdict.passed
     runner = result.artifact.runner()
@@ -73,10 +75,7 @@ def test_static_shapes_replay_one_cuda_graph_with_new_inputs():
 def test_ort_cuda_fp16_runs_svd_channels_last():
     """svd-unet:small (every GroupNorm with an even channel count per group): every convolution and
     GroupNorm runs channels-last with the SiLUs fused, within the fp16 gate."""
-    entry = plugins.registry().targets["ort-cuda-fp16"]
-    why = entry.obj.available()
-    if not why:
-        pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
+    _require("ort-cuda-fp16")
     result = compile_model("svd-unet:small", "ort-cuda-fp16", static_shapes=True, use_cache=False)
     stats = next(r.stats for r in result.pass_log if r.name == "layout-nhwc")
     done, total = map(int, stats["NhwcConv"].split("/"))
@@ -92,10 +91,7 @@ def test_geglu_runs_as_bias_split_gelu(tmp_path, target):
 
     from tests.passes.test_ort_cuda_forms import geglu
 
-    entry = plugins.registry().targets[target]
-    why = entry.obj.available()
-    if not why:
-        pytest.skip(f"{target} unavailable: {why.reason}")
+    _require(target)
     path = tmp_path / "geglu.onnx"
     onnx.save(geglu(2560), path)
     result = compile_model(str(path), target, use_cache=False)
@@ -113,10 +109,7 @@ def test_resblock_adds_run_as_skip_groupnorm(tmp_path, bias):
 
     from tests.passes.test_ort_cuda_forms import skip_resblock
 
-    entry = plugins.registry().targets["ort-cuda-fp16"]
-    why = entry.obj.available()
-    if not why:
-        pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
+    _require("ort-cuda-fp16")
     path = tmp_path / "resblock.onnx"
     onnx.save(skip_resblock(C=64, G=32, N=4, H=16, W=16, bias=bias), path)
     result = compile_model(str(path), "ort-cuda-fp16", use_cache=False)
@@ -132,10 +125,7 @@ def test_ort_cuda_fp16_runs_unet_adds_in_skip_norms(model):
     temporal embeddings are refused: the kernel broadcasts a skip over H, W only), the transformer blocks'
     residual Adds and projection biases inside SkipLayerNormalization (BiasAdd is refused at the small
     UNets' widths), within the fp16 gate."""
-    entry = plugins.registry().targets["ort-cuda-fp16"]
-    why = entry.obj.available()
-    if not why:
-        pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
+    _require("ort-cuda-fp16")
     result = compile_model(model, "ort-cuda-fp16", static_shapes=True, use_cache=False)
     stats = {r.name: r.stats for r in result.pass_log}
     assert int(stats["fuse-skip-groupnorm"]["SkipGroupNorm"].split("/")[0]) > 0
@@ -154,10 +144,7 @@ def test_transformer_block_runs_as_skip_layernorm_and_bias_add(tmp_path, one_key
 
     from tests.passes.test_fusion_skip import transformer_block
 
-    entry = plugins.registry().targets["ort-cuda-fp16"]
-    why = entry.obj.available()
-    if not why:
-        pytest.skip(f"ort-cuda-fp16 unavailable: {why.reason}")
+    _require("ort-cuda-fp16")
     path = tmp_path / "block.onnx"
     onnx.save(transformer_block(C=320, B=4, S=256, one_key=one_key), path)
     result = compile_model(str(path), "ort-cuda-fp16", use_cache=False)
