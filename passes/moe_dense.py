@@ -326,7 +326,7 @@ class _Dispatch:
                 return f"{op} to a shape whose first element is not the token count"
             if op == "Expand" and not _same_len(g, ins[1], ins[0]):
                 return "Expand to the token count that may add leading axes"
-            zero = _zero_fill(node) if op == "ConstantOfShape" else self.shared.facts().is_zeros(ins[0])
+            zero = self.shared.facts().is_zeros(node.outputs[0])  # a fill or an expand of zeros
             self._clone(node, ("rows", zero))
             return None
         if k0 is None or any(k is not None for k in kinds[1:]):
@@ -789,13 +789,6 @@ def _same_trailing(g: Graph, data: str, updates: str) -> str | None:
     if any(d == 1 for d in us[1:]):
         return "ScatterElements updates with a size-1 axis and data of unknown shape"
     return None  # static sizes > 1: Add either matches data's row or fails, never broadcasts
-
-
-def _zero_fill(node: Node) -> bool:
-    from onnx import numpy_helper
-
-    a = node.attrs.get("value")
-    return a is None or not np.any(numpy_helper.to_array(a.t))
 
 
 PASSES = [DenseMoEDispatch]
