@@ -169,6 +169,18 @@ def follow(g: Graph, shape, nodes: list[Node]) -> Layout:
     return lay
 
 
+def follow_back(g: Graph, shape, nodes: list[Node]) -> Layout:
+    """The layout change that undoes `nodes` (in data-flow order), from the static `shape` of their output."""
+    lay = Layout(shape)
+    for n in reversed(nodes):
+        if n.op_type == "Transpose":
+            perm = n.attr("perm") or list(range(len(g.type_of(n.inputs[0]).shape)))[::-1]
+            lay.transpose([int(k) for k in np.argsort(perm)])
+        else:
+            lay.reshape(g.type_of(n.inputs[0]).shape)
+    return lay
+
+
 def chain_back(g: Graph, tensor: str, stop=lambda t: False) -> tuple[str, list[Node]]:
     """Walk back from `tensor` through data-movement nodes with static shapes to the tensor they start
     from; the nodes in data-flow order. `stop(t)` ends the walk at t."""

@@ -11,7 +11,7 @@ from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.rewrite import emit, ensure_opset, remove_dead
 
 from ._fusion import MS, accepts, static
-from ._layout import LAYOUT_OPS, Layout, NotLayout, Plan, chain_back, emit_plan, follow
+from ._layout import LAYOUT_OPS, Layout, NotLayout, Plan, chain_back, emit_plan, follow, follow_back
 from .layout_nhwc import _tidy
 
 
@@ -131,14 +131,8 @@ def _plan(g: Graph, gn: Node, add: Node) -> _Plan | str:
         nxt = chain[i] if i < len(chain) else gn
         outside = [(n, s) for n, s in g.consumers(t) if n is not nxt]
         if outside:
-            back = Layout(xs)
             try:
-                for n in reversed(chain[i:]):
-                    if n.op_type == "Transpose":
-                        perm = n.attr("perm") or list(range(len(g.type_of(n.inputs[0]).shape)))[::-1]
-                        back.transpose([int(k) for k in np.argsort(perm)])
-                    else:
-                        back.reshape(g.type_of(n.inputs[0]).shape)
+                back = follow_back(g, xs, chain[i:])
             except NotLayout as exc:
                 return f"the sum's other readers cannot be served from the kernel's sum output ({exc})"
             sums.append((t, back.plan(), outside))
