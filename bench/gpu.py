@@ -48,11 +48,11 @@ def trt_builds(args) -> None:
     from vidcc.pass_manager import PassContext, run_pipeline
     from vidcc.target import BuildContext
 
-    rows = []
+    rows, static = [], zoo.parse_static(args.static) or None
     for name in args.models.split(","):
         spec = f"{name}:{args.size}"
         try:
-            exp = zoo.export(spec, static=zoo.parse_static(args.static) or None)
+            exp = zoo.export(spec, static=static)
         except Exception as exc:  # e.g. an exporter this machine's torch lacks
             rows.append({"model": spec, "ok": False, "error": f"export: {str(exc).splitlines()[0][:300]}"})
             print(rows[-1], flush=True)
@@ -83,8 +83,15 @@ def trt_builds(args) -> None:
                 row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             rows.append(row)
             print(row, flush=True)
-    _save(args.name or f"gpu-trt-builds-{args.size}", {"size": args.size, "static_export": zoo.parse_static(args.static) or None, "rows": rows,
+    _save(args.name or f"gpu-trt-builds-{args.size}", {"size": args.size, "static_export": static, "rows": rows,
                                                              "device": _device()}, args.out_dir)
+
+
+def _static_export(args) -> dict[str, int] | None:
+    """--static-export: frames/height/width fixed in the export itself, at --frames/--height/--width (a torch
+    that cannot export a model with them dynamic, e.g. Wan on torch 2.11); the zoo's sample inputs are then
+    built at this shape."""
+    return {"frames": args.frames, "height": args.height, "width": args.width} if args.static_export else None
 
 
 def _device() -> str:
@@ -129,10 +136,7 @@ def table(args) -> None:
     from vidcc.zoo import models as zmodels
     from vidcc.zoo.entries import ENTRIES
 
-    # --static-export: frames/height/width fixed in the export itself (torch versions that cannot export a
-    # model with them dynamic, e.g. Wan on torch 2.11); the zoo's sample inputs are then built at this shape
-    static = {"frames": args.frames, "height": args.height, "width": args.width} if args.static_export else None
-    exp = zoo.export(args.model, static=static)
+    exp = zoo.export(args.model, static=_static_export(args))
     feeds = _feeds_at(exp, args.frames, args.height, args.width)
     graph = onnx_io.load(exp.model_path)
     flops = stats.summarize(stats.bind_input_shapes(graph, feeds))["flops"]
@@ -225,8 +229,7 @@ def ort_profile(args) -> None:
 
     from vidcc import zoo
 
-    static = {"frames": args.frames, "height": args.height, "width": args.width} if args.static_export else None
-    exp = zoo.export(args.model, static=static)
+    exp = zoo.export(args.model, static=_static_export(args))
     exp_feeds = _feeds_at(exp, args.frames, args.height, args.width)
     if args.pipeline:  # instead of the target's default, for A/B runs of its passes
         from vidcc import plugins
