@@ -85,22 +85,21 @@ def _map_slots(formals, count: int) -> list:
     return out
 
 
-# Contrib ops whose kernels pin some slots: ORT's CUDA GroupNorm takes fp16 or fp32 x, fp32 gamma/beta only;
-# SkipGroupNorm the same, its skip, bias and sum output typed like x (contrib_ops/cuda/diffusion/group_norm.cc).
-_CONTRIB = {("com.microsoft", "GroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)"), ("T",),
-                                                   {"T": frozenset({T.FLOAT, T.FLOAT16}),
-                                                    "=tensor(float)": frozenset({T.FLOAT})}),
-            ("com.microsoft", "SkipGroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)", "T", "T"), ("T", "T"),
-                                                       {"T": frozenset({T.FLOAT, T.FLOAT16}),
-                                                        "=tensor(float)": frozenset({T.FLOAT})})}
-# SkipLayerNormalization: input, skip, gamma, beta, bias and the sum output all of the input's type, float or float16
-# (ORT's CUDA kernel registers those two, contrib_ops/cuda/bert/skip_layer_norm.cc), Mean/InvStdDev float; BiasAdd:
-# input, bias, skip and output of one type, float or float16 (contrib_ops/cuda/diffusion/bias_add.cc).
-_CONTRIB.update({
+# Contrib ops whose kernels pin some slots (ORT's CUDA kernels register float and float16 only):
+# - GroupNorm: fp16 or fp32 x, fp32 gamma/beta; SkipGroupNorm the same, its skip, bias and sum output typed like x
+#   (contrib_ops/cuda/diffusion/group_norm.cc);
+# - SkipLayerNormalization: input, skip, gamma, beta, bias and the sum output of the input's type, Mean/InvStdDev
+#   float (contrib_ops/cuda/bert/skip_layer_norm.cc);
+# - BiasAdd: input, bias, skip and output of one type (contrib_ops/cuda/diffusion/bias_add.cc).
+_HALF_OR_FLOAT = {"T": frozenset({T.FLOAT, T.FLOAT16}), "=tensor(float)": frozenset({T.FLOAT})}
+_CONTRIB = {
+    ("com.microsoft", "GroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)"), ("T",), _HALF_OR_FLOAT),
+    ("com.microsoft", "SkipGroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)", "T", "T"), ("T", "T"),
+                                                _HALF_OR_FLOAT),
     ("com.microsoft", "SkipLayerNormalization"): Binding(("T",) * 5, ("T", "=tensor(float)", "=tensor(float)", "T"),
-                                                         {"T": frozenset({T.FLOAT, T.FLOAT16}),
-                                                          "=tensor(float)": frozenset({T.FLOAT})}),
-    ("com.microsoft", "BiasAdd"): Binding(("T",) * 3, ("T",), {"T": frozenset({T.FLOAT, T.FLOAT16})})})
+                                                         _HALF_OR_FLOAT),
+    ("com.microsoft", "BiasAdd"): Binding(("T",) * 3, ("T",), {"T": _HALF_OR_FLOAT["T"]}),
+}
 
 
 def binding(op: str, domain: str, n_in: int, n_out: int, opsets: dict[str, int]) -> Binding:
