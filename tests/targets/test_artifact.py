@@ -64,13 +64,15 @@ def _compile_in_child(path, queue):
 
 
 def test_concurrent_compiles_of_the_same_thing_share_one_entry(cnn_path):
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork of this process (ORT, TVM and torch threads by now) can hang the child on a
+    # lock one of those threads held (seen once in CI: both children silent, queue.get timed out)
+    ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_compile_in_child, args=(str(cnn_path), queue)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(120)
+        p.join(180)
     results = [queue.get(timeout=5) for _ in procs]
     assert sorted(c for c, _ in results) == [False, True]  # one built, the other waited and reused it
     assert len({p for _, p in results}) == 1
