@@ -10,6 +10,6 @@
 # folding go last, then dce drops what is dead.
 PIPELINES = [
     ("cleanup",
-     "remove-identity,simplify-casts,infer-shapes,fold-constants,dce,remove-noops,scatter-rows,dedup-constants,cse,simplify-casts,dce",
+     "remove-identity,simplify-casts,infer-shapes,fold-constants,dce,remove-noops,scatter-rows,remove-noops,dedup-constants,cse,simplify-casts,dce",
      "exact cleanup: identities, casts, shape inference, constant and shape folding, no-ops, dedup, CSE, DCE"),
 ]

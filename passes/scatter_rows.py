@@ -76,26 +76,58 @@ def _last_writer(graph: Graph, chain: list[Node]) -> np.ndarray | None:
     return None if np.any(source < 0) else source
 
 
+def _shared_transpose(graph: Graph, updates: list[str]) -> list[int] | None:
+    """The perm when every update is its own single-reader Transpose with that same perm, else None."""
+    perms = []
+    for u in updates:
+        node = graph.producer(u)
+        if node is None or node.op_type != "Transpose" or node.attr("perm") is None or u in graph.outputs \
+                or len(graph.consumer_nodes(u)) != 1:
+            return None
+        perms.append(list(node.attr("perm")))
+    return perms[0] if all(p == perms[0] for p in perms) else None
+
+
 def _rewrite(graph: Graph, chain: list[Node], rows: np.ndarray) -> None:
     out, out_type = chain[-1].outputs[0], graph.type_of(chain[-1].outputs[0])
     updates = [n.inputs[2] for n in chain]
     total = sum(len(graph.constant(n.inputs[1])) for n in chain)
     name = chain[-1].name or "scatter"
+    perm = _shared_transpose(graph, updates) if len(updates) > 1 else None
     for node in reversed(chain):
         graph.remove_node(node, keep_types=node is chain[-1])
     in_order = np.array_equal(rows, np.arange(len(rows)))
     if len(updates) == 1 and in_order:
         graph.add_node("Identity", updates, [out], name=graph.unique_node_name(name), types=[out_type])
         return
-    cat_type = TensorType(out_type.dtype, (total, *out_type.shape[1:])) if out_type.shape else None
+    # Updates that are all Transpose(x, perm) (torch moves the strided axis first): concatenate and gather
+    # the xs along axis perm[0] and transpose once after, so that the Transpose meets its readers' ones
+    # (remove-noops then merges them: Wan's q and k stay [B, S, H, D] for attention)
+    axis, result, result_type = 0, out, out_type
+    if perm is not None:
+        sources = [graph.producer(u) for u in updates]
+        updates = [s.inputs[0] for s in sources]
+        for s in sources:
+            graph.remove_node(s)
+        axis = perm[0]
+        result = graph.unique_name(f"{out}_rows")
+        result_type = TensorType(out_type.dtype, tuple(out_type.shape[perm.index(i)] for i in range(len(perm)))) \
+            if out_type.shape else None
+    cat_type = None
+    if result_type is not None and result_type.shape:
+        cat_type = TensorType(out_type.dtype, tuple(total if i == axis else d for i, d in enumerate(result_type.shape)))
     cat = updates[0] if len(updates) == 1 else graph.add_node(
-        "Concat", updates, 1, name=graph.unique_node_name(f"{name}_rows"), attrs={"axis": 0}, types=[cat_type]).outputs[0]
+        "Concat", updates, 1, name=graph.unique_node_name(f"{name}_rows"), attrs={"axis": axis}, types=[cat_type]).outputs[0]
     if in_order:
-        graph.rename_output(graph.producer(cat), 0, out)
-        graph.types[out] = out_type
-        return
-    graph.add_node("Gather", [cat, graph.add_constant(rows, f"{name}_rows")], [out], name=graph.unique_node_name(name),
-                   attrs={"axis": 0}, types=[out_type])
+        graph.rename_output(graph.producer(cat), 0, result)
+        if result_type is not None:
+            graph.types[result] = result_type
+    else:
+        graph.add_node("Gather", [cat, graph.add_constant(rows, f"{name}_rows")], [result],
+                       name=graph.unique_node_name(name), attrs={"axis": axis}, types=[result_type])
+    if perm is not None:
+        graph.add_node("Transpose", [result], [out], name=graph.unique_node_name(f"{name}_back"),
+                       attrs={"perm": perm}, types=[out_type])
 
 
 PASSES = [ScatterRows]

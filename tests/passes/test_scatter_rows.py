@@ -62,3 +62,29 @@ def test_wan_rotary_embedding_has_no_scatter_after_cleanup():
         model = onnx_io.to_proto(onnx_io.load(exp.model_path))
         graph, log = check(model, "cleanup", dict(np.load(exp.inputs_path)))
         assert "ScatterND" not in graph.op_histogram() and log["scatter-rows"].stats == {"ScatterND chains": 4}
+
+
+TRANSPOSED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 3, 4] a, float[2, 3, 4] b) => (float[2, 3, 8] y) {
+    zero = Constant<value = float[8, 3, 2] {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}>()
+    even = Constant<value = int64[4, 1] {0, 2, 4, 6}>()
+    odd = Constant<value = int64[4, 1] {1, 3, 5, 7}>()
+    at = Transpose<perm = [2, 1, 0]>(a)
+    bt = Transpose<perm = [2, 1, 0]>(b)
+    s1 = ScatterND(zero, even, at)
+    s2 = ScatterND(s1, odd, bt)
+    t = Transpose<perm = [2, 1, 0]>(s2)
+    y = Relu(t)
+}
+"""
+
+
+def test_transposed_updates_are_gathered_in_place_and_the_transposes_cancel():
+    """`out[..., 0::2] = a` as torch exports it (last axis moved first and back): after scatter-rows and
+    remove-noops the interleave is a Gather over the last axis and no Transpose is left."""
+    graph, log = check(parse(TRANSPOSED), "fold-constants,scatter-rows,remove-noops,dce",
+                       {"a": rand(2, 3, 4), "b": rand(2, 3, 4, seed=1)})
+    assert ops(graph) == ["Concat", "Gather", "Relu"]
+    assert [n.attr("axis") for n in graph.nodes_by_op("Concat") + graph.nodes_by_op("Gather")] == [2, 2]
