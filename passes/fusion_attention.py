@@ -230,7 +230,8 @@ class FuseAttention(Pass):
         emitted: dict[str, int] = {}
 
         def choice(m, g, c):
-            return _choice(c, gate, self.form, "q4" in m, _kv_length(m, g), self.short_kv)
+            four_d = "q4" in m and _unsplit_heads(m, g) is None
+            return _choice(c, gate, self.form, four_d, _kv_length(m, g), self.short_kv)
 
         def check(m, g, c):
             geo = _geometry(m, g)
@@ -246,6 +247,9 @@ class FuseAttention(Pass):
             if why:  # a target-based choice: counted, and its reason goes into this match's explain event
                 emitted[label] = emitted.get(label, 0) + 1
                 reasons[m.node("softmax").name or m.node("softmax").outputs[0]] = f"{label}: {why}"
+            if "q4" in m and domain:  # heads split by plain Transposes: MultiHeadAttention on [B, S, H*D]
+                gate.require(domain, 1)
+                return [_bshd_attention(g, m, _unsplit_heads(m, g), heads, head_dim, scale)]
             if "q4" in m:
                 gate.require("", 23)
                 node = emit(g, "Attention", [m["q4"], m["k4"], m["v4"]], like=m.node("softmax"), attrs={"scale": scale},
@@ -268,6 +272,50 @@ class FuseAttention(Pass):
                 event["emitted"] = reasons[event["node"]]
         stats = {**out.stats(), **{f"emitted {k}": v for k, v in sorted(emitted.items())}}
         return PassResult(out.modified, stats, out.details)
+
+
+def _unsplit_heads(m: Match, g: Graph) -> list[str] | None:
+    """[B, S, H, D] q, k, v under 4-D attention's Transpose(0, 2, 1, 3) head splits, or None."""
+    found = []
+    for t in ("q4", "k4", "v4"):
+        node = g.producer(m[t])
+        if node is None or node.op_type != "Transpose" or list(node.attr("perm") or ()) != HEADS:
+            return None
+        found.append(node.inputs[0])
+    return found
+
+
+def _bshd_attention(g: Graph, m: Match, bshd: list[str], heads: int, head_dim: int, scale: float) -> str:
+    """MultiHeadAttention on q, k, v reshaped (not transposed) to [B, S, H*D]: ORT's flash kernel reads that
+    layout as is. The result goes back to [B, H, S, D] through Reshape + Transpose, which cancels against
+    the readers' own merge Transpose (remove-noops): Wan's self-attention then has no transposes left."""
+    like = m.node("softmax")
+    dtype = g.type_of(m["q4"]).dtype
+    flat = g.add_constant(np.array([0, 0, heads * head_dim], np.int64), f"{like.name}.bsd")
+
+    def typed(shape):
+        return TensorType(dtype, tuple(shape)) if shape is not None else None
+
+    q3, k3, v3 = (emit(g, "Reshape", [x, flat], like=like, suffix=f"{t}_bsd",
+                       types=[typed(_bsd(g.type_of(x).shape))]).outputs[0] for x, t in zip(bshd, "qkv"))
+    out_bshd = _bshd(g.type_of(m["q4"]).shape)
+    attn = emit(g, "MultiHeadAttention", [q3, k3, v3], like=like, domain=MS, suffix="MultiHeadAttention",
+                attrs={"num_heads": heads, "scale": scale}, types=[typed(_bsd(out_bshd))])
+    split = g.add_constant(np.array([0, 0, heads, head_dim], np.int64), f"{like.name}.bshd")
+    back = emit(g, "Reshape", [attn.outputs[0], split], like=like, suffix="heads", types=[typed(out_bshd)])
+    return emit(g, "Transpose", [back.outputs[0]], like=like, suffix="bhsd", attrs={"perm": HEADS},
+                types=[g.type_of(m.node("pv").outputs[0])]).outputs[0]
+
+
+def _bshd(bhsd):
+    return None if bhsd is None else [bhsd[0], bhsd[2], bhsd[1], bhsd[3]]
+
+
+def _bsd(bshd):
+    if bshd is None:
+        return None
+    inner = bshd[2] * bshd[3] if isinstance(bshd[2], int) and isinstance(bshd[3], int) else None
+    return [bshd[0], bshd[1], inner]
 
 
 # ---- attention over one key -------------------------------------------------------------------------

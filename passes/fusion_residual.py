@@ -167,11 +167,12 @@ PASSES = [FuseSkipLayerNorm, FoldAlphaBlend]
 # tail stays a SiLU); attention, then attention over one key folded (its Q path dies), before packing
 # (packing feeds the fused op from a Split); packing and unpacking are each for their own targets
 # (ORT CPU unpacks), then bias + GELU (sees an unpacked gate's bias); Gemm, then the Conv layout
-# choice last (its Reshapes would sit inside other patterns).
+# choice last (its Reshapes would sit inside other patterns); remove-noops merges the layout ops fusions
+# leave next to each other.
 PIPELINES = [
     ("fuse",
      "fuse-conv-bn,fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,"
      "fuse-single-key-attention,fuse-qkv,unpack-projections,fuse-bias-gelu,fuse-skip-layernorm,fuse-gemm,"
-     "fuse-alpha-blend,fuse-upsample-conv,temporal-conv-2d,dce",
+     "fuse-alpha-blend,fuse-upsample-conv,temporal-conv-2d,remove-noops,dce",
      "all fusions, each emitting what the target accepts (and runs best)"),
 ]

@@ -8,8 +8,10 @@ graph with explicit casts at the boundaries and fp32 graph inputs/outputs.
 """
 
 CLEANUP = "cleanup"
+# remove-noops last: a fused op's own layout ops meet their readers' (MultiHeadAttention's [B, H, S, D]
+# view cancels against the head merge that read Attention-23) and collapse
 FUSIONS = ("fuse-groupnorm,fuse-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-attention,fuse-single-key-attention,"
-           "temporal-conv-2d")
+           "temporal-conv-2d,remove-noops,dce")
 STANDARD = f"{CLEANUP},{FUSIONS}"
 # TensorRT has no NonZero: token-routed MoE dispatch becomes dense first (a no-op without one; before
 # cleanup, which then folds and merges its shape bookkeeping: 1916 vs 2225 layers on moe-dit:tiny)
@@ -20,8 +22,8 @@ BF16 = f"{STANDARD},tag-precision{{dtype=bf16}},materialize-precision"
 DEFAULT = {
     "ort": f"{CLEANUP},fuse",  # every fusion: the ORT CPU-only ones (unpacking, BiasGelu) pay there
     "ort-cuda": STANDARD,  # channels-last and BiasSplitGelu are measured in fp16 only (`-p temporal-conv-2d{force=true},fuse-bias-split-gelu,layout-nhwc` adds them)
-    "ort-cuda-fp16": f"{STANDARD},temporal-conv-2d{{force=true}},fuse-bias-split-gelu,layout-nhwc,fuse-skip-groupnorm,"
-                     "fuse-skip-bias,tag-precision{dtype=fp16},materialize-precision",
+    "ort-cuda-fp16": f"{STANDARD},temporal-conv-2d{{force=true}},fuse-bias-split-gelu,fuse-bias-gelu{{force=true}},"
+                     "layout-nhwc,fuse-skip-groupnorm,fuse-skip-bias,tag-precision{dtype=fp16},materialize-precision",
     "tvm-llvm": STANDARD,
     "tvm-llvm-fp16": FP16,
     "tvm-cuda": STANDARD,

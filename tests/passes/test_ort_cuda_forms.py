@@ -77,6 +77,16 @@ class QuickGelu(OpRun):
         return ((x / (1 + np.exp(-_attrs(self.onnx_node).get("alpha", 1.702) * x))).astype(x.dtype),)
 
 
+class FastGelu(OpRun):
+    """tanh-approximated GELU of x [+ bias]."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, x, bias=None, **_):
+        y = (x if bias is None else x + bias).astype(np.float64)
+        return ((0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y ** 3)))).astype(x.dtype),)
+
+
 class BiasSplitGelu(OpRun):
     op_domain = "com.microsoft"
 
@@ -114,6 +124,7 @@ class SkipLayerNormalization(OpRun):
     def _run(self, x, skip, gamma, beta=None, bias=None, **_):
         c = x.shape[-1]
         assert x.ndim in (2, 3) and skip.shape == x.shape, (x.shape, skip.shape)
+        beta, bias = (None if p is not None and p.size == 0 else p for p in (beta, bias))  # '' reads as empty
         assert all(p is None or p.shape == (c,) for p in (gamma, beta, bias)), "gamma/beta/bias not [C]"
         names = [n for n, v in zip(self.onnx_node.input, (x, skip, gamma, beta, bias)) if n and v is not None]
         feeds = dict(zip(names, [v for v in (x, skip, gamma, beta, bias) if v is not None]))
@@ -142,7 +153,7 @@ class BiasAdd(OpRun):
 
 def run_reference(graph, feeds):
     proto = onnx_io.to_proto(graph)
-    ref = ReferenceEvaluator(proto, new_ops=[NhwcConv, GroupNorm, SkipGroupNorm, QuickGelu, BiasSplitGelu,
+    ref = ReferenceEvaluator(proto, new_ops=[NhwcConv, GroupNorm, SkipGroupNorm, QuickGelu, FastGelu, BiasSplitGelu,
                                                      MultiHeadAttention, SkipLayerNormalization, BiasAdd])
     return dict(zip([o.name for o in proto.graph.output], ref.run(None, feeds)))
 
@@ -430,4 +441,26 @@ def test_unets_through_the_ort_cuda_fp16_passes_match_the_original(model, groupn
     assert {r.name: r.stats for r in ctx.log}["fuse-skip-groupnorm"]["SkipGroupNorm"] == skips
     skip_bias = {r.name: r.stats for r in ctx.log}["fuse-skip-bias"]
     assert skip_bias["SkipLayerNorm"] == skip_lns and skip_bias["BiasAdd"].startswith("0/")
+    assert_close(run_ort(exp.model_path, feeds), run_reference(graph, {k: v for k, v in feeds.items() if k in graph.inputs}))
+
+
+def test_wan_through_the_ort_cuda_fp16_passes_keeps_heads_in_place_and_matches_the_original():
+    """wan-dit:tiny through ort-cuda-fp16's graph-shaping passes: the rotary embedding's interleave is a Gather
+    over the head dim (scatter-rows), self- and cross-attention are MultiHeadAttention on [B, S, H*D] so no
+    Transpose is left but the patch embedding's and the unpatchify's, the FFN bias rides in FastGelu (its
+    MatMul stays bias-free); evaluated on the CPU it equals the original graph on ORT CPU."""
+    pytest.importorskip("diffusers")
+    from vidcc import zoo
+
+    exp = zoo.export("wan-dit:tiny")
+    feeds = dict(np.load(exp.inputs_path))
+    graph = onnx_io.load(exp.model_path)
+    target = plugins.registry().targets["ort-cuda-fp16"].obj
+    ctx = PassContext(target=target, verify_each=True)
+    run_pipeline(graph, target.default_pipeline.split(",tag-precision")[0], ctx)
+    hist = graph.op_histogram()
+    assert hist["MultiHeadAttention"] == 4 and "Attention" not in hist and hist["Transpose"] == 2
+    # two FFNs and the text embedding's, each with its bias
+    assert hist["FastGelu"] == 3 and all(len(n.inputs) == 2 for n in graph.nodes_by_op("FastGelu"))
+    assert "ScatterND" not in hist
     assert_close(run_ort(exp.model_path, feeds), run_reference(graph, {k: v for k, v in feeds.items() if k in graph.inputs}))
