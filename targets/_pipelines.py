@@ -24,10 +24,17 @@ DEFAULT = {
     "ort-cuda": STANDARD,  # channels-last and BiasSplitGelu are measured in fp16 only (`-p temporal-conv-2d{force=true},fuse-bias-split-gelu,layout-nhwc` adds them)
     "ort-cuda-fp16": f"{STANDARD},temporal-conv-2d{{force=true}},fuse-bias-split-gelu,fuse-bias-gelu{{force=true}},"
                      "layout-nhwc,fuse-skip-groupnorm,fuse-skip-bias,tag-precision{dtype=fp16},materialize-precision",
+    # ort-cuda-fp16's pipeline less what ORT's CUDA EP has no bf16 kernel for (NhwcConv, GroupNorm,
+    # SkipGroupNorm, BiasSplitGelu, BiasAdd: float/float16 only, targets/_ort_bf16.py): no layout-nhwc
+    # (nor the temporal-conv-2d it needs), fuse-skip-groupnorm or fuse-bias-split-gelu; fuse-skip-bias
+    # emits SkipLayerNormalization only (the target does not accept BiasAdd)
+    "ort-cuda-bf16": f"{STANDARD},fuse-bias-gelu{{force=true}},fuse-skip-bias,tag-precision{{dtype=bf16}},"
+                     "materialize-precision",
     "tvm-llvm": STANDARD,
     "tvm-llvm-fp16": FP16,
     "tvm-cuda": STANDARD,
     "tvm-cuda-fp16": FP16,
+    "tvm-cuda-bf16": BF16,
     "trt-fp32": TRT,
     "trt-fp16": f"{TRT},tag-precision{{dtype=fp16}},materialize-precision",
     "trt-bf16": f"{TRT},tag-precision{{dtype=bf16}},materialize-precision",
