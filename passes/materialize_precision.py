@@ -14,6 +14,8 @@ from vidcc.pass_manager import Pass, PassContext, PassResult
 from vidcc.precision_schema import (LOW_DTYPES, MAX_FINITE, NAMES, first_opset_allowing, node_binding,
                                     schema_of, to_dtype)
 
+from .tag_precision import kernel_gap
+
 STASH_OPS = {"LayerNormalization", "GroupNormalization", "RMSNormalization", "SimplifiedLayerNormalization",
              "SkipLayerNormalization", "SkipSimplifiedLayerNormalization"}
 
@@ -33,7 +35,7 @@ class MaterializePrecision(Pass):
       fp32 original stays only while fp32 nodes still read it (two copies, no runtime cast);
     - a Cast is inserted only where a tensor's stored type differs from what a reader needs, once per
       (tensor, dtype) however many readers; readers of free parameters (Shape, the input of Cast) take
-      any type and get none;
+      any type and get none, unless the target's backend has no kernel for the op in that type;
     - keep_io_types=true: float graph inputs and outputs stay float32 (casts after inputs, before
       outputs; output names kept); false: they become the low dtype;
     - a low-tagged op that needs a newer opset for the low dtype (bf16 Conv needs opset 22) raises the
@@ -54,7 +56,7 @@ class MaterializePrecision(Pass):
         io_dtype = LOW_DTYPES[lows.most_common(1)[0][0]]
         details: list[dict] = []
         raised = self._opset(graph, details)
-        m = _Materializer(graph)
+        m = _Materializer(graph, ctx.target)
         orig_io = {t: graph.type_of(t).dtype for t in graph.inputs + graph.outputs}
 
         if not self.keep_io_types:
@@ -124,8 +126,9 @@ class MaterializePrecision(Pass):
 class _Materializer:
     """Walks nodes in topological order, tracking each float tensor's stored dtype."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, target=None):
         self.g = graph
+        self.target = target  # whose backend must have a kernel for what a free parameter is fed
         self.stored: dict[str, int] = {}
         self.casts: dict[tuple[str, int], str] = {}
         self.copies: dict[tuple[str, int], str] = {}
@@ -182,7 +185,7 @@ class _Materializer:
                 # (not Pow's exponent: runtimes like TVM want it in the base's type)
                 seen = {self.dtype(node.inputs[i]) for i in ins if not g.is_constant(node.inputs[i])}
                 only = next(iter(seen)) if len(seen) == 1 else None
-                target = only if only and b.allows(p, only) else want
+                target = only if only and b.allows(p, only) and self.computes(node, only) else want
             else:
                 target = want
             for i in ins:
@@ -196,6 +199,10 @@ class _Materializer:
             if has and node.attr("stash_type") != 1:  # explicit, for readers that do not apply defaults
                 g.set_attr(node, "stash_type", 1)
                 self.stash_set += 1
+
+    def computes(self, node: Node, dtype: int) -> bool:
+        """Whether the target's backend runs the node on `dtype` inputs (ORT's CUDA EP has no bf16 Equal)."""
+        return dtype not in NAMES or not kernel_gap(self.g, node, self.target, NAMES[dtype], 0)
 
     def _feed(self, node: Node, slot: int, target: int) -> None:
         g, t = self.g, node.inputs[slot]

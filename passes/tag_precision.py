@@ -46,6 +46,9 @@ class TagPrecision(Pass):
     - structural: nodes with subgraphs and producers of tensors read inside subgraphs stay fp32; an op whose
       schema does not admit the low dtype at the graph's opset stays fp32 unless the default domain can
       be raised (materialize raises it), or `respect_schema=false`;
+    - target: an op the compile target's backend has no kernel for in the low dtype stays fp32
+      (`Target.low_kernels`: ORT's CUDA EP has no bf16 ReduceMean, Resize, Pad...; TVM no bf16
+      layer_norm), whatever force_low says: the backend could not run it;
     - op rules: `keep_ops` (Softmax, Pow, Exp, Sin/Cos, InstanceNormalization, ...) plus `keep_extra`
       (added to the defaults, e.g. LayerNormalization for TVM, whose layer_norm has no bf16); reductions
       (ReduceMean/Sum...) over `reduce_extent` elements or more, or of unknown extent; decomposed
@@ -102,13 +105,16 @@ class TagPrecision(Pass):
                 decided[node.id] = ("fp32", "user", f"force_fp32 matches {hit!r}")
                 continue
             blocked, opset_needed = self._structural(graph, node, low, subgraph_reads)
+            rule = "schema"
+            if not blocked:
+                blocked, rule = kernel_gap(graph, node, ctx.target, self.dtype, opset_needed), "target"
             hit = _match(user_low, node)
             if hit and not blocked:
                 decided[node.id] = (self.dtype, "user", f"force_low matches {hit!r}")
                 raise_to = max(raise_to, opset_needed)
                 continue
             if blocked:
-                decided[node.id] = ("fp32", "schema", blocked)
+                decided[node.id] = ("fp32", rule, blocked)
                 continue
             why = rules.keep(node)
             if why:
@@ -228,6 +234,22 @@ class _OpRules:
 
 
 # ---- helpers --------------------------------------------------------------------------------------
+def kernel_gap(graph: Graph, node: Node, target, dtype: str, opset_needed: int) -> str:
+    """Why the target's backend cannot compute the node in `dtype` ('' when it can, or without a target)."""
+    computes = getattr(target, "computes", None)
+    if computes is None:
+        return ""
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    version = graph.opsets.get(domain, graph.opsets.get("ai.onnx", 1) if domain == "" else 1)
+    if domain == "":
+        version = max(version, opset_needed)  # materialize raises the opset for it
+    if computes(node.op_type, domain, dtype, version):
+        return ""
+    table = target.low_kernels.get(dtype)
+    where = f" at opset {version}" if domain == "" else f" ({domain})"
+    return f"{target.name} has no {dtype} kernel for {node.op_type}{where}" + (f": {table.source}" if table.source else "")
+
+
 def _missing_float_types(graph: Graph) -> bool:
     return any(o and not graph.type_of(o).dtype for n in graph.nodes for o in n.outputs)
 

@@ -41,6 +41,27 @@ class BuildContext:
     status: Callable[[str], None] = lambda message: None
 
 
+@dataclass(frozen=True)
+class KernelTable:
+    """Which ops a backend computes in one reduced dtype (its kernel registrations, as data).
+
+    `ops` maps (domain, op type) to the first default-domain opset from which the backend has a kernel
+    in that dtype, or None for none at any opset; an op not listed has one when `others` is true (a
+    backend with a few gaps) and none when false (a backend with an allow-list). `source` says where
+    the facts come from (it is quoted in tag-precision's reasons)."""
+
+    ops: dict[tuple[str, str], int | None]
+    others: bool = False
+    source: str = ""
+
+    def has(self, op_type: str, domain: str = "", opset: int = 10**6) -> bool:
+        domain = "" if domain == "ai.onnx" else domain
+        if (domain, op_type) not in self.ops:
+            return self.others
+        first = self.ops[(domain, op_type)]
+        return first is not None and opset >= first
+
+
 @dataclass
 class Target:
     """A backend. Subclasses override available(), build() and load(); `default_pipeline` is a spec."""
@@ -52,6 +73,9 @@ class Target:
     # op_type -> allowed domains; None means "every standard ONNX op" (the default)
     accepted_ops: dict[str, tuple[str, ...]] | None = None
     precision: str = "fp32"  # what it computes in: picks the verification gate (fp32 -> exact)
+    # reduced dtype ("fp16", "bf16") -> the ops the backend computes in it; a dtype not listed: every op
+    # its schema admits (tag-precision keeps the others fp32, so the backend never meets them low)
+    low_kernels: dict[str, KernelTable] = field(default_factory=dict)
 
     def available(self) -> Availability:
         return Availability(True)
@@ -63,6 +87,11 @@ class Target:
         if op_type in self.accepted_ops:
             return domain in self.accepted_ops[op_type]
         return domain == "" and "*" in self.accepted_ops
+
+    def computes(self, op_type: str, domain: str, dtype: str, opset: int) -> bool:
+        """Whether the backend has a kernel for `op_type` in the reduced `dtype` at that opset."""
+        table = self.low_kernels.get(dtype)
+        return table is None or table.has(op_type, domain, opset)
 
     def tool_versions(self) -> dict[str, str]:
         return {}
