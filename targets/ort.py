@@ -1,4 +1,4 @@
-"""ONNX Runtime targets: `ort` (CPU EP, the reference), `ort-cuda`, `ort-cuda-fp16` (CUDA EP).
+"""ONNX Runtime targets: `ort` (CPU EP, the reference), `ort-cuda`, `ort-cuda-fp16`, `ort-cuda-bf16` (CUDA EP).
 
 A build checks that a session can be created from the optimized model (so an op the EP lacks fails
 at compile time, not at run time) and records the session settings; with the option
@@ -19,6 +19,7 @@ from vidcc.errors import TargetError
 from vidcc.verification import ORT_NP
 from vidcc.target import Availability, BuildContext, Runner, Target
 
+from . import _ort_bf16
 from ._pipelines import DEFAULT
 
 MS = "com.microsoft"
@@ -193,4 +194,8 @@ TARGETS = [
               provider="CUDAExecutionProvider"),
     OrtTarget("ort-cuda-fp16", "ONNX Runtime CUDA EP, fp16 compute", DEFAULT["ort-cuda-fp16"],
               accepted_ops=_accepted(CUDA_CONTRIB), precision="fp16", provider="CUDAExecutionProvider"),
+    # only the contrib ops with BFloat16 CUDA kernels; ops without one stay fp32 (targets/_ort_bf16.py)
+    OrtTarget("ort-cuda-bf16", "ONNX Runtime CUDA EP, bf16 compute", DEFAULT["ort-cuda-bf16"],
+              accepted_ops=_accepted(_ort_bf16.CONTRIB), precision="bf16", provider="CUDAExecutionProvider",
+              low_kernels={"bf16": _ort_bf16.CUDA_BF16}),
 ]

@@ -85,19 +85,20 @@ def _map_slots(formals, count: int) -> list:
     return out
 
 
-# Contrib ops whose kernels pin some slots (ORT's CUDA kernels register float and float16 only):
+# Contrib ops whose kernels pin some slots (the types ORT's CUDA kernels are registered for):
 # - GroupNorm: fp16 or fp32 x, fp32 gamma/beta; SkipGroupNorm the same, its skip, bias and sum output typed like x
-#   (contrib_ops/cuda/diffusion/group_norm.cc);
+#   (contrib_ops/cuda/diffusion/group_norm.cc: `#define GROUP_NORM_TYPES float, MLFloat16`);
 # - SkipLayerNormalization: input, skip, gamma, beta, bias and the sum output of the input's type, Mean/InvStdDev
-#   float (contrib_ops/cuda/bert/skip_layer_norm.cc);
-# - BiasAdd: input, bias, skip and output of one type (contrib_ops/cuda/diffusion/bias_add.cc).
+#   float; also bf16 (contrib_ops/cuda/cuda_contrib_kernels.cc: `(1, BFloat16, SkipLayerNormalization)`);
+# - BiasAdd: input, bias, skip and output of one type, float or fp16 (contrib_ops/cuda/diffusion/bias_add.cc).
 _HALF_OR_FLOAT = {"T": frozenset({T.FLOAT, T.FLOAT16}), "=tensor(float)": frozenset({T.FLOAT})}
+_ANY_FLOAT = {**_HALF_OR_FLOAT, "T": frozenset({T.FLOAT, T.FLOAT16, T.BFLOAT16})}
 _CONTRIB = {
     ("com.microsoft", "GroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)"), ("T",), _HALF_OR_FLOAT),
     ("com.microsoft", "SkipGroupNorm"): Binding(("T", "=tensor(float)", "=tensor(float)", "T", "T"), ("T", "T"),
                                                 _HALF_OR_FLOAT),
     ("com.microsoft", "SkipLayerNormalization"): Binding(("T",) * 5, ("T", "=tensor(float)", "=tensor(float)", "T"),
-                                                         _HALF_OR_FLOAT),
+                                                         _ANY_FLOAT),
     ("com.microsoft", "BiasAdd"): Binding(("T",) * 3, ("T",), {"T": _HALF_OR_FLOAT["T"]}),
 }
 
