@@ -1,4 +1,4 @@
-"""Apache TVM Relax targets: `tvm-llvm`, `tvm-llvm-fp16` (CPU), `tvm-cuda`, `tvm-cuda-fp16`.
+"""Apache TVM Relax targets: `tvm-llvm`, `tvm-llvm-fp16` (CPU), `tvm-cuda`, `tvm-cuda-fp16`, `tvm-cuda-bf16`.
 
 Build: the optimized ONNX (input shapes bound to the sample inputs' and shapes folded when the model
 has symbolic dims: TVM compiles static shapes only) -> `relax.frontend.onnx.from_onnx` (weights as
@@ -12,6 +12,9 @@ v2, else generic); the vector width it implies sizes the default schedules.
 
 The fp16 variants compute in half (vidcc's precision passes, in their default pipeline, retype the
 graph with fp32 I/O); LLVM rounds every op to half, so tvm-llvm-fp16 judges fp16 numerics on a CPU.
+tvm-cuda-bf16 computes in bfloat16 the same way, but for the ops TVM legalizes no bf16 kernel for
+(`BF16_GAPS`: tag-precision keeps them fp32); `-p tag-precision{dtype=bf16},materialize-precision` on
+tvm-llvm runs the same graph on a CPU (LLVM computes bf16 as fp32 rounded to bf16 after each op).
 Tuning: `vidcc tune MODEL --target tvm-llvm --budget 20m` (targets/_tvm_tune.py).
 """
 
@@ -30,13 +33,17 @@ from typing import Any
 import numpy as np
 
 from vidcc.errors import TargetError
-from vidcc.target import Availability, BuildContext, Runner, Target
+from vidcc.target import Availability, BuildContext, KernelTable, Runner, Target
 
 from ._pipelines import DEFAULT
 
 LIBRARY = "model.so"
 # ops the TVM ONNX frontend does not import (measured with 0.27): fusions must not emit them
 NOT_IMPORTED = ("Attention", "Swish", "SimplifiedLayerNormalization")
+# ops TVM 0.27 cannot compute in bf16 (measured on llvm, and legalization is the same for cuda): its
+# layer_norm has no bf16 kernel, its `power` takes no bfloat type
+BF16_GAPS = KernelTable({("", "LayerNormalization"): None, ("", "Pow"): None}, others=True,
+                        source="TVM 0.27 legalizes no bf16 layer_norm or power")
 
 
 @functools.lru_cache(maxsize=1)
@@ -280,23 +287,33 @@ def _static_model(model_path: Path, header, shapes: dict[str, list[int]], tmp: P
 def _gs_fold(path: Path) -> Path:
     """Shape bookkeeping that vidcc's inference could not type (a Reshape whose target is computed
     leaves its output's dims unknown, so nothing after it folds): onnx-graphsurgeon's folding, which
-    re-infers and evaluates shape subgraphs with ONNX Runtime, repeated until nothing changes."""
+    re-infers and evaluates shape subgraphs with ONNX Runtime, repeated until nothing changes.
+    graphsurgeon evaluates every foldable node in one ONNX Runtime CPU run, which fails as a whole where
+    one has no CPU kernel (a bf16 graph's Gemm of constants: svd-unet's time_pos_embed); its shape
+    folding still applies, and vidcc's fold-constants then evaluates the rest (ONNX's reference
+    evaluator where ONNX Runtime has no kernel)."""
     import onnx
     import onnx_graphsurgeon as gs
     import onnxruntime
 
+    from vidcc import onnx_io
+    from vidcc.pass_manager import PassContext, run_pipeline
+
     onnxruntime.set_default_logger_severity(3)  # its graph-optimizer notes are not the user's business
+    out = path.with_name("static-folded.onnx")
     model = onnx.load(str(path))
     for _ in range(4):
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         graph = gs.import_onnx(model)
         before = len(graph.nodes)
         graph.fold_constants(fold_shapes=True, error_ok=True).cleanup().toposort()
-        model = gs.export_onnx(graph)
-        if len(graph.nodes) == before:
+        onnx.save_model(gs.export_onnx(graph), str(out))
+        folded = onnx_io.load(out)
+        run_pipeline(folded, "fold-constants,cse,dce", PassContext())
+        onnx_io.save(folded, out)
+        model = onnx.load(str(out))
+        if len(folded) == before:
             break
-    out = path.with_name("static-folded.onnx")
-    onnx.save_model(model, str(out))
     return out
 
 
@@ -327,7 +344,8 @@ def _accepted() -> dict[str, tuple[str, ...]]:
 
 
 def _target(name: str, kind: str, precision: str, description: str) -> TvmTarget:
-    return TvmTarget(name, description, DEFAULT[name], accepted_ops=_accepted(), precision=precision, kind=kind)
+    return TvmTarget(name, description, DEFAULT[name], accepted_ops=_accepted(), precision=precision, kind=kind,
+                     low_kernels={"bf16": BF16_GAPS})  # facts of the backend: every tvm target (and -p) meets them
 
 
 TARGETS = [
@@ -335,4 +353,5 @@ TARGETS = [
     _target("tvm-llvm-fp16", "llvm", "fp16", "Apache TVM Relax on the CPU computing in half (judges fp16 numerics)"),
     _target("tvm-cuda", "cuda", "fp32", "Apache TVM Relax on CUDA, dlight default schedules + tuning database"),
     _target("tvm-cuda-fp16", "cuda", "fp16", "Apache TVM Relax on CUDA computing in half"),
+    _target("tvm-cuda-bf16", "cuda", "bf16", "Apache TVM Relax on CUDA computing in bfloat16"),
 ]
